@@ -1,0 +1,87 @@
+"""A stdlib-only client for the daemon's REST API, used by the CLI and the hooks' slow paths.
+
+Nothing here imports the daemon's modules (aiohttp, mcp, apsw): the CLI must start fast.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+from claude_mailbox.errors import DaemonError, DaemonUnreachable, MailboxError
+from claude_mailbox.paths import DEFAULT_URL
+from claude_mailbox.wire import Response, http_request
+
+
+class MailboxClient:
+    """Typed calls over the REST surface; errors arrive as MailboxError subclasses."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout: float = 2.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        payload: dict[str, Any] | None = None,
+        mailbox: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        all_headers = {"Accept": "application/json", **(headers or {})}
+        if mailbox:
+            all_headers["X-Mailbox"] = mailbox
+        body = None
+        if method == "POST":
+            all_headers["Content-Type"] = "application/json"
+            body = json.dumps(payload or {}).encode("utf-8")
+        response = http_request(self.url, method, path, body=body, headers=all_headers, timeout=timeout or self.timeout)
+        try:
+            data = json.loads(response.body) if response.body else None
+        except ValueError:
+            data = None
+        if response.status >= 400:
+            raise _error_from(response, data)
+        return data
+
+    def health(self) -> dict[str, Any]:
+        data = self.call("GET", "/health")
+        if not isinstance(data, dict) or data.get("status") != "ok":
+            raise DaemonUnreachable(f"{self.url} answered, but not as a claude-mailbox daemon")
+        return data
+
+    def send(self, sender: str, to: str, body: str) -> dict[str, Any]:
+        return self.call("POST", "/v1/send", payload={"to": to, "body": body}, mailbox=sender)
+
+    def peek(self, name: str) -> dict[str, Any]:
+        return self.call("GET", f"/v1/peek?name={quote(name)}")
+
+    def check(self, name: str, max_chars: int | None = None) -> dict[str, Any]:
+        query = f"?name={quote(name)}" + (f"&maxChars={max_chars}" if max_chars else "")
+        return self.call("POST", f"/v1/check-inbox{query}", mailbox=name)
+
+    def list(self, caller: str | None = None) -> dict[str, Any]:
+        return self.call("GET", "/v1/list", mailbox=caller)
+
+    def watch(self, name: str, wait: float, *, waiter: str | None = None) -> dict[str, Any]:
+        """Long-poll: returns when mail arrives, the mailbox is renamed, or `wait` runs out."""
+        query = f"?name={quote(name)}&timeout={wait:g}" + (f"&waiter={quote(waiter)}" if waiter else "")
+        return self.call("POST", f"/v1/watch{query}", mailbox=name, timeout=wait + 5.0)
+
+
+def _error_from(response: Response, data: Any) -> MailboxError:
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        code, message = str(error.get("code", "error")), str(error.get("message", ""))
+    else:
+        code, message = "http_error", f"the daemon answered HTTP {response.status}"
+    retry_after = response.headers.get("retry-after")
+    return DaemonError(
+        message,
+        code=code,
+        http_status=response.status,
+        retry_after=float(retry_after) if retry_after else None,
+    )

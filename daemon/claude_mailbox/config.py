@@ -1,0 +1,159 @@
+"""Settings: built-in defaults < config file < command-line flags.
+
+The config file is TOML (`config.toml` in the data dir). The seed product's `mailbox.json` is still
+read when no TOML file exists. A malformed file is a ConfigError naming the file and the line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from claude_mailbox import paths
+from claude_mailbox.errors import ConfigError
+
+LOOPBACK_BINDS = frozenset({"127.0.0.1", "localhost", "::1"})
+DURABILITY_LEVELS = ("normal", "full")
+
+
+@dataclass(frozen=True)
+class Config:
+    port: int = paths.DEFAULT_PORT
+    bind: str = paths.DEFAULT_BIND
+    db_path: Path | None = None  # None: mailbox.db in the data dir
+    durability: str = "normal"  # "full" fsyncs every commit (SQLite synchronous=FULL)
+    busy_timeout_ms: int = 2000
+    max_body_bytes: int = 64 * 1024
+    max_request_bytes: int = 1024 * 1024
+    rate_limit_per_minute: int = 600
+    max_pending_per_mailbox: int = 10_000
+    retention_days: int | None = None  # delivered mail older than this is pruned daily
+    prefix: str | None = None  # base of session mailbox names, e.g. "backend" -> backend-1a2b3c4d
+    source: str | None = None  # the file these settings came from, for messages
+
+    @property
+    def database(self) -> Path:
+        return self.db_path or paths.default_db_path()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"http://{host}:{self.port}"
+
+
+# Keys the seed's mailbox.json used, mapped to ours.
+_LEGACY_KEYS = {"port": "port", "bind": "bind", "dbPath": "db_path", "db_path": "db_path"}
+_INT_KEYS = {
+    "port",
+    "busy_timeout_ms",
+    "max_body_bytes",
+    "max_request_bytes",
+    "rate_limit_per_minute",
+    "max_pending_per_mailbox",
+    "retention_days",
+}
+_STR_KEYS = {"bind", "durability", "prefix"}
+
+
+def load(path: Path | None = None) -> Config:
+    """Read the config file (`path`, else config.toml, else legacy mailbox.json) over the defaults."""
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        candidates = [path]
+    else:
+        candidates = [paths.config_path(), paths.legacy_config_path()]
+    for candidate in candidates:
+        if candidate.is_file():
+            raw = _read_json(candidate) if candidate.suffix == ".json" else _read_toml(candidate)
+            return _apply(Config(source=str(candidate)), raw, candidate)
+    return Config()
+
+
+def with_overrides(config: Config, **overrides: Any) -> Config:
+    """Command-line flags win over the file; None means the flag was not given."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    merged = replace(config, **given)
+    validate(merged, config.source or "command line")
+    return merged
+
+
+def validate(config: Config, origin: str) -> None:
+    if not 0 <= config.port < 65536:
+        raise ConfigError(f"{origin}: port must be between 0 and 65535, not {config.port}")
+    if config.durability not in DURABILITY_LEVELS:
+        raise ConfigError(f"{origin}: durability must be one of {', '.join(DURABILITY_LEVELS)}")
+    for key in ("busy_timeout_ms", "max_body_bytes", "max_request_bytes", "rate_limit_per_minute"):
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"{origin}: {key} must be a positive number")
+    if config.max_pending_per_mailbox <= 0:
+        raise ConfigError(f"{origin}: max_pending_per_mailbox must be a positive number")
+    if config.retention_days is not None and config.retention_days <= 0:
+        raise ConfigError(f"{origin}: retention_days must be a positive number of days")
+
+
+def is_loopback(bind: str) -> bool:
+    return bind in LOOPBACK_BINDS or bind.startswith("127.")
+
+
+def write_setting(key: str, value: Any, path: Path | None = None) -> Path:
+    """Set one key in config.toml (tomli-w), keeping the others. Used by doctor."""
+    import tomli_w  # only the commands that write config pay for it
+
+    target = path or paths.config_path()
+    current = _read_toml(target) if target.is_file() else {}
+    if value is None:
+        current.pop(key, None)
+    else:
+        current[key] = value
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_suffix(".toml.tmp")
+    temporary.write_text(tomli_w.dumps(current), encoding="utf-8")
+    os.replace(temporary, target)
+    return target
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message already ends with "(at line N, column M)".
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return {_LEGACY_KEYS[key]: value for key, value in data.items() if key in _LEGACY_KEYS}
+
+
+def _apply(config: Config, raw: dict[str, Any], path: Path) -> Config:
+    known = {field.name for field in fields(Config)} - {"source"}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+        if key in _INT_KEYS and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"{path}: {key} must be a whole number, not {value!r}")
+        if key in _STR_KEYS and not isinstance(value, str):
+            raise ConfigError(f"{path}: {key} must be a string, not {value!r}")
+        if key == "db_path":
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{path}: db_path must be a file path")
+            value = Path(value).expanduser()
+        values[key] = value
+    merged = replace(config, **values)
+    validate(merged, str(path))
+    return merged

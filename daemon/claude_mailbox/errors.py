@@ -1,0 +1,109 @@
+"""One error vocabulary, translated at three edges: CLI exit code + message, REST JSON body + status,
+MCP tool error. Each error carries a stable machine `code` and a message meant for people.
+
+Stdlib only: the CLI and hooks import it.
+"""
+
+from __future__ import annotations
+
+
+class MailboxError(Exception):
+    """An error meant for a person: printed without a traceback."""
+
+    code = "error"
+    http_status = 400
+    exit_code = 1
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class InvalidInput(MailboxError):
+    code = "invalid_input"
+
+
+class UnsupportedMediaType(MailboxError):
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class Forbidden(MailboxError):
+    code = "forbidden"
+    http_status = 403
+
+
+class MisdirectedHost(MailboxError):
+    code = "bad_host"
+    http_status = 421
+
+
+class NotFound(MailboxError):
+    code = "not_found"
+    http_status = 404
+
+
+class MethodNotAllowed(MailboxError):
+    code = "method_not_allowed"
+    http_status = 405
+
+
+class PayloadTooLarge(MailboxError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class IdentityRequired(MailboxError):
+    code = "identity_required"
+
+
+class IdentityMismatch(MailboxError):
+    code = "identity_mismatch"
+    http_status = 403
+
+
+class RateLimited(MailboxError):
+    code = "rate_limited"
+    http_status = 429
+
+
+class MailboxFull(MailboxError):
+    code = "mailbox_full"
+    http_status = 429
+
+
+class StoreBusy(MailboxError):
+    code = "database_busy"
+    http_status = 503
+
+
+class StoreUnavailable(MailboxError):
+    code = "database_unavailable"
+    http_status = 503
+
+
+class StorageFull(MailboxError):
+    code = "storage_full"
+    http_status = 507
+
+
+class ConfigError(MailboxError):
+    code = "config_error"
+
+
+class DaemonUnreachable(MailboxError):
+    """The daemon did not answer: exit code 2 everywhere (the seed's contract)."""
+
+    code = "daemon_unreachable"
+    http_status = 503
+    exit_code = 2
+
+
+class DaemonError(MailboxError):
+    """The daemon answered with an error; `code` and `http_status` are the daemon's."""
+
+    def __init__(self, message: str, *, code: str, http_status: int, retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.code = code
+        self.http_status = http_status
