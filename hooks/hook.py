@@ -9,6 +9,6 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "daemon"))
 try:
     from claude_mailbox.hookrelay import main
-except BaseException:  # noqa: BLE001 - a broken install must not break the Claude Code session
+except BaseException:  # a broken install must not break the Claude Code session
     os._exit(0)
 main(sys.argv[1:])

@@ -227,8 +227,8 @@ class FakeAnthropic:
     def system_reminders(self) -> list[str]:
         """Bodies of every ``<system-reminder>`` block, de-duplicated, in first-seen order.
 
-        Hook context (SessionStart stdout, UserPromptSubmit additionalContext, asyncRewake
-        stderr) reaches the model inside such blocks in the user messages.
+        asyncRewake Stop-hook stderr arrives in one ("Stop hook blocking error from command
+        ..."); hook context does too with older models. See :meth:`injected_context`.
         """
         seen: dict[str, None] = {}
         for r in self.messages_requests():
@@ -236,6 +236,29 @@ class FakeAnthropic:
                 for m in _SYSTEM_REMINDER.findall(t):
                     seen.setdefault(m.strip(), None)
         return list(seen)
+
+    def system_turns(self) -> list[str]:
+        """Texts of mid-conversation ``role: "system"`` messages, de-duplicated, first-seen order.
+
+        Claude Code 2.1.330 with its default model (claude-opus-5-5) puts SessionStart stdout
+        ("SessionStart:startup hook success: ...") and UserPromptSubmit additionalContext
+        ("UserPromptSubmit hook additional context: ...") into such a message, not into a
+        ``<system-reminder>``; with older models (e.g. ``--model claude-sonnet-4-5``) the same
+        lines arrive as system reminders inside the user message.
+        """
+        seen: dict[str, None] = {}
+        for r in self.messages_requests():
+            body = r.body if isinstance(r.body, dict) else {}
+            for msg in body.get("messages") or []:
+                if isinstance(msg, dict) and msg.get("role") == "system":
+                    for t in _content_texts(msg.get("content")):
+                        seen.setdefault(t, None)
+        return list(seen)
+
+    def injected_context(self) -> str:
+        """Everything hooks can inject, whichever way this model/version delivers it:
+        system-reminder bodies plus mid-conversation system messages. Assert on this."""
+        return "\n".join([*self.system_reminders(), *self.system_turns()])
 
     def tool_results(self) -> list[dict[str, Any]]:
         """tool_result blocks seen in agent requests (de-duplicated by tool_use_id).
@@ -291,8 +314,11 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = None
         req = RecordedRequest(
-            method=self.command, path=self.path, headers={k.lower(): v for k, v in self.headers.items()},
-            raw=raw, body=body,
+            method=self.command,
+            path=self.path,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            raw=raw,
+            body=body,
         )
         return req
 
@@ -310,7 +336,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.fake._record(req)
         path = req.path.split("?", 1)[0]
         if path.startswith("/v1/models"):
-            model = {"type": "model", "id": self.fake.model, "display_name": "Fake", "created_at": "2025-01-01T00:00:00Z"}
+            model = {
+                "type": "model",
+                "id": self.fake.model,
+                "display_name": "Fake",
+                "created_at": "2025-01-01T00:00:00Z",
+            }
             if path.rstrip("/") == "/v1/models":
                 self._json(200, {"data": [model], "has_more": False, "first_id": model["id"], "last_id": model["id"]})
             else:
@@ -357,8 +388,12 @@ class _Handler(BaseHTTPRequestHandler):
             "content": reply.content(),
             "stop_reason": reply.stop_reason,
             "stop_sequence": None,
-            "usage": {"input_tokens": 10, "output_tokens": 5,
-                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+            "usage": {
+                "input_tokens": 10,
+                "output_tokens": 5,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
         }
 
     def _stream(self, message: dict[str, Any]) -> None:
@@ -367,20 +402,50 @@ class _Handler(BaseHTTPRequestHandler):
         events.append(("message_start", {"type": "message_start", "message": start}))
         for i, block in enumerate(message["content"]):
             if block["type"] == "tool_use":
-                events.append(("content_block_start", {"type": "content_block_start", "index": i,
-                                                       "content_block": {**block, "input": {}}}))
-                events.append(("content_block_delta", {"type": "content_block_delta", "index": i,
-                                                       "delta": {"type": "input_json_delta",
-                                                                 "partial_json": json.dumps(block["input"])}}))
+                events.append(
+                    (
+                        "content_block_start",
+                        {"type": "content_block_start", "index": i, "content_block": {**block, "input": {}}},
+                    )
+                )
+                events.append(
+                    (
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": i,
+                            "delta": {"type": "input_json_delta", "partial_json": json.dumps(block["input"])},
+                        },
+                    )
+                )
             else:
-                events.append(("content_block_start", {"type": "content_block_start", "index": i,
-                                                       "content_block": {"type": "text", "text": ""}}))
-                events.append(("content_block_delta", {"type": "content_block_delta", "index": i,
-                                                       "delta": {"type": "text_delta", "text": block["text"]}}))
+                events.append(
+                    (
+                        "content_block_start",
+                        {"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}},
+                    )
+                )
+                events.append(
+                    (
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": i,
+                            "delta": {"type": "text_delta", "text": block["text"]},
+                        },
+                    )
+                )
             events.append(("content_block_stop", {"type": "content_block_stop", "index": i}))
-        events.append(("message_delta", {"type": "message_delta",
-                                         "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                                         "usage": {"output_tokens": message["usage"]["output_tokens"]}}))
+        events.append(
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                    "usage": {"output_tokens": message["usage"]["output_tokens"]},
+                },
+            )
+        )
         events.append(("message_stop", {"type": "message_stop"}))
         data = b"".join(f"event: {name}\ndata: {json.dumps(obj)}\n\n".encode() for name, obj in events)
         self.send_response(200)

@@ -13,12 +13,11 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from claude_mailbox import __version__, locate, paths
 from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import DaemonUnreachable, InvalidInput, MailboxError
-from claude_mailbox.messages import Message
 
 EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE, EXIT_TIMEOUT = 0, 1, 2, 3
 EPILOG = """exit codes: 0 ok, 1 error (a one-line message says which), 2 daemon unreachable,
@@ -26,7 +25,19 @@ EPILOG = """exit codes: 0 ok, 1 error (a one-line message says which), 2 daemon 
 Every verb accepts --url (default: $CLAUDE_MAILBOX_URL, then the running daemon's address,
 then config.toml, then http://127.0.0.1:37849)."""
 
+VERB_EXITS = "exit codes: 0 ok, 1 error (a one-line message on stderr says which), 2 daemon unreachable."
+HOOK_EXITS = "exit code: always 0 (a hook must never break the Claude Code session); prints nothing on failure."
+LOCAL_EXITS = "exit codes: 0 ok, 1 error (a one-line message on stderr says which). Does not need the daemon."
+
 Command = Callable[[argparse.Namespace], int]
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr and exit 1 (argparse's own exit 2 means "daemon
+    unreachable" here)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def default_url() -> str:
@@ -53,9 +64,17 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False) if getattr(args, "json", False) else text)
 
 
+# Characters some terminals and tools show as a line break (NEL, U+2028, U+2029) or that reorder the
+# text around them (bidi controls): printed escaped, like JSON escapes control characters.
+_LOOKALIKE_ESCAPES = {
+    code: f"\\u{code:04x}"
+    for code in (0x85, 0x2028, 0x2029, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}
+
+
 def quoted(body: str) -> str:
     """Bodies are printed as JSON strings: a body cannot fake a second message or sender line."""
-    return json.dumps(body, ensure_ascii=False)
+    return json.dumps(body, ensure_ascii=False).translate(_LOOKALIKE_ESCAPES)
 
 
 # --- verbs -------------------------------------------------------------------------------------
@@ -70,10 +89,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bind=args.bind,
         db_path=Path(args.db_path).expanduser() if args.db_path else None,
     )
-    return server.run(settings)
+    code = server.run(settings)
+    # The database and the URL file are closed by now. Skip the interpreter's module-by-module teardown
+    # of mcp, pydantic and aiohttp: it took 0.15-0.9 s on every stop and restart (bench/daemon.py).
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    from claude_mailbox import identity
+
+    identity.validate_name(args.sender, "--from")  # the daemon would blame the X-Mailbox header
     body = sys.stdin.read() if args.body == "-" else args.body
     result = client(args).send(args.sender, args.to, body)
     emit(args, result, f"sent message #{result['id']} from {result['from']} to {result['to']}")
@@ -90,6 +120,9 @@ def cmd_peek(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     if args.hook:
         return _check_as_hook(args)
+    from claude_mailbox import identity
+
+    identity.validate_name(args.name, "--name")  # the daemon would blame the X-Mailbox header
     result = client(args).check(args.name)
     lines = [
         f"Message #{m['id']} from {m['from']} at {m['createdAt']}: {quoted(m['body'])}" for m in result["messages"]
@@ -99,16 +132,44 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _check_as_hook(args: argparse.Namespace) -> int:
-    """`check --hook`: the legacy UserPromptSubmit hook for a fixed name. Never fails the prompt."""
-    from claude_mailbox import hooks
+    """`check --hook`: the UserPromptSubmit hook for a fixed name (`install-hook`). Goes through the
+    same daemon endpoint as the plugin's hook, so the same 10,000-character cap, rendering and
+    overflow note apply. Never fails the prompt."""
+    data = _hook_stdin()
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("session_id"), str):
+        data = json.dumps({"session_id": "cli-check-hook", "hook_event_name": "UserPromptSubmit"}).encode()
+    return _relay_hook("prompt-submit", data, args)
+
+
+def cmd_session_announce(args: argparse.Namespace) -> int:
+    """The SessionStart hook for a fixed name (`install-hook`): registers the session and prints
+    its announcement, exactly like the plugin's hook (starting the daemon if it is down)."""
+    return _relay_hook("session-start", _hook_stdin(), args)
+
+
+def _hook_stdin() -> bytes:
+    from claude_mailbox.hookrelay import MAX_STDIN
 
     try:
-        result = client(args, timeout=2.0).check(args.name, max_chars=hooks.mail_budget())
-    except MailboxError:
+        return b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read(MAX_STDIN + 1)
+    except (OSError, ValueError):
+        return b""
+
+
+def _relay_hook(event: str, data: bytes, args: argparse.Namespace) -> int:
+    """Run one hook event through hookrelay (the plugin's code path); print its output; exit 0."""
+    from claude_mailbox import hookrelay
+
+    try:
+        _, stream, text = hookrelay.run(event, data, url=args.url or default_url(), mailbox=args.name)
+    except Exception:  # a hook must never break the Claude Code session
         return EXIT_OK
-    messages = [Message.from_json(m, args.name) for m in result["messages"]]
-    if messages or result["remaining"]:
-        print(hooks.context_output("UserPromptSubmit", hooks.mail_context(messages, result["remaining"])))
+    if text:
+        print(text, file=sys.stderr if stream == "stderr" else sys.stdout)
     return EXIT_OK
 
 
@@ -125,22 +186,28 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    mailbox_client = client(args, timeout=2.0)
-    try:
-        health = mailbox_client.health()
-    except DaemonUnreachable as exc:
-        emit(args, {"state": "Stopped", "url": mailbox_client.url}, f"Stopped: {exc.message}")
-        return EXIT_UNREACHABLE
-    boxes = mailbox_client.list()["mailboxes"]
-    data = {"state": "Running", "url": mailbox_client.url, **health, "mailboxes": boxes}
-    lines = [
-        f"Running: claude-mailbox {health['version']} at {mailbox_client.url}",
-        f"database: {health['dbPath']}",
-        f"mailboxes: {len(boxes)}",
-    ]
-    lines += [f"  {box['name']:<32} {box['state']:<7} {box['pending']:>5} pending" for box in boxes]
-    emit(args, data, "\n".join(lines))
-    return EXIT_OK
+    """Daemon state and version, plugin version, port, database, autostart, this session's mailbox,
+    mailboxes with pending counts and liveness (status.py). Exit 2 when the daemon is down."""
+    from claude_mailbox import status
+
+    data = status.gather(args.url or default_url(), getattr(args, "session", None) or session_id_from_env())
+    emit(args, data, status.render(data))
+    return EXIT_OK if data["state"] == "Running" else EXIT_UNREACHABLE
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from claude_mailbox import doctor
+
+    return doctor.main(yes=args.yes, as_json=args.json, prefix=args.prefix, url=args.url, resume=args.resume)
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    """The version sync on demand (after `claude plugin update`): see lifecycle.update."""
+    from claude_mailbox import lifecycle
+
+    result = lifecycle.update(Path(args.root) if args.root else None, args.url, pull=args.pull)
+    emit(args, result, result["message"])
+    return EXIT_OK if result["ok"] else EXIT_ERROR
 
 
 def session_id_from_env() -> str | None:
@@ -173,14 +240,44 @@ def cmd_whoami(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _settings_file(args: argparse.Namespace) -> Path:
+    from claude_mailbox import settings_patch
+
+    return settings_patch.settings_path(project=args.scope == "project")
+
+
+def cmd_install_hook(args: argparse.Namespace) -> int:
+    from claude_mailbox import settings_patch
+
+    result = settings_patch.install(_settings_file(args), args.name, url=args.url)
+    state = "installed" if result.changed else "already installed"
+    emit(
+        args,
+        {"path": str(result.path), "changed": result.changed, "name": args.name},
+        f"claude-mailbox hooks (SessionStart, UserPromptSubmit) for mailbox {args.name} {state} in {result.path}",
+    )
+    return EXIT_OK
+
+
+def cmd_uninstall_hook(args: argparse.Namespace) -> int:
+    from claude_mailbox import settings_patch
+
+    result = settings_patch.uninstall(_settings_file(args))
+    text = (
+        f"removed {result.count} claude-mailbox hook(s) from {result.path}"
+        if result.changed
+        else f"no claude-mailbox hooks in {result.path}"
+    )
+    emit(args, {"path": str(result.path), "changed": result.changed, "removed": result.count}, text)
+    return EXIT_OK
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     """The seed's `watch --block` contract: exactly one event, then exit."""
     if not args.block:
         raise InvalidInput("watch needs --block (it waits for exactly one event and exits)")
-    try:
-        result = client(args).watch(args.name, args.timeout)
-    except DaemonUnreachable:
-        return EXIT_UNREACHABLE
+    mailbox_client = client(args)
+    result = mailbox_client.watch(args.name, args.timeout)  # DaemonUnreachable: one stderr line, exit 2
     if result["event"] == "mail":
         for message in result["messages"]:
             print(f"[Claude-Mailbox] Mail from {message['from']}: {quoted(message['body'])}")
@@ -189,7 +286,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         print(f"[Claude-Mailbox] Mailbox renamed to '{result['newName']}'")
         return EXIT_OK
     if result["event"] == "shutdown":
-        return EXIT_UNREACHABLE
+        raise DaemonUnreachable(f"the mailbox daemon at {mailbox_client.url} shut down during the wait")
     return EXIT_TIMEOUT
 
 
@@ -201,7 +298,14 @@ def cmd_collaborate(args: argparse.Namespace) -> int:
     else:
         result = mailbox_client.call("POST", "/v1/collaborate", payload={"name": name, "on": args.state == "on"})
     state = "on" if result["collaborating"] else "off"
-    emit(args, result, f"collaboration mode is {state} for {name}")
+    text = f"collaboration mode is {state} for {name}"
+    if args.state == "status" and result["collaborating"]:
+        text += (
+            "; its Stop-hook waiter is waiting for mail"
+            if result.get("stopWaiter")
+            else "; no Stop-hook waiter yet (one starts when the current turn ends)"
+        )
+    emit(args, result, text)
     return EXIT_OK
 
 
@@ -221,6 +325,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+MAX_AGE_DAYS = 36_500
+
+
 def parse_days(text: str) -> float:
     """`30d`, `12h`, `90m` or a bare number of days."""
     units = {"d": 1.0, "h": 1 / 24, "m": 1 / 1440}
@@ -229,8 +336,8 @@ def parse_days(text: str) -> float:
         value = float(number)
     except ValueError:
         raise InvalidInput(f"cannot read {text!r} as an age: use e.g. 30d, 12h or 90m") from None
-    if value < 0:
-        raise InvalidInput("the age must not be negative")
+    if not 0 <= value * units[unit] <= MAX_AGE_DAYS:  # also false for nan
+        raise InvalidInput(f"the age must be between 0 and {MAX_AGE_DAYS} days, not {text!r}")
     return value * units[unit]
 
 
@@ -238,27 +345,40 @@ def parse_days(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="claude-mailbox",
         description="A mailbox for parallel Claude Code sessions.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"claude-mailbox {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--url", help="daemon address (default: config, then http://127.0.0.1:37849)")
-    readable = argparse.ArgumentParser(add_help=False, parents=[common])
+    readable = Parser(add_help=False, parents=[common])
     readable.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def verb(name: str, run: Command, help_text: str, *, json_output: bool = True) -> argparse.ArgumentParser:
+    def verb(
+        name: str, run: Command, help_text: str, *, json_output: bool = True, exits: str = VERB_EXITS
+    ) -> argparse.ArgumentParser:
         command = sub.add_parser(
-            name, help=help_text, description=help_text, parents=[readable if json_output else common]
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=exits,
+            parents=[readable if json_output else common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.set_defaults(run=run)
         return command
 
-    serve = verb("serve", cmd_serve, "run the daemon in the foreground", json_output=False)
+    serve = verb(
+        "serve",
+        cmd_serve,
+        "run the daemon in the foreground",
+        json_output=False,
+        exits="exit codes: 0 stopped, 1 error.",
+    )
     serve.add_argument("--port", type=int, help=f"TCP port (default {paths.DEFAULT_PORT}; 0 picks a free one)")
     serve.add_argument("--bind", help="address to listen on (loopback only; default 127.0.0.1)")
     serve.add_argument("--db-path", help="database file (default: mailbox.db in the data dir)")
@@ -272,24 +392,97 @@ def build_parser() -> argparse.ArgumentParser:
     verb("peek", cmd_peek, "count pending mail without reading it").add_argument("--name", required=True)
     check = verb("check", cmd_check, "read (and mark delivered) all pending mail")
     check.add_argument("--name", required=True)
-    check.add_argument("--hook", action="store_true", help="print as UserPromptSubmit hook output; never fail")
+    check.add_argument(
+        "--hook",
+        action="store_true",
+        help="act as a UserPromptSubmit hook: read its stdin, print the mail as additionalContext (within "
+        "Claude Code's 10,000-character cap), always exit 0",
+    )
     verb("list", cmd_list, "list mailboxes with pending counts and liveness").add_argument(
         "--name", help="your mailbox name (registers presence)"
     )
-    verb("status", cmd_status, "is the daemon up; version, database, mailboxes")
+    verb(
+        "status",
+        cmd_status,
+        "daemon state and version, plugin version, port, database, autostart, this session's mailbox, "
+        "mailboxes with pending counts and liveness",
+    ).add_argument("--session", help="session id (default: from the Claude Code environment)")
+    doctor = verb(
+        "doctor",
+        cmd_doctor,
+        "check the set-up (Python, the daemon in its managed environment, autostart, name prefix, a smoke "
+        "test) and fix what is wrong, after asking",
+        exits="exit codes: 0 everything ok or fixed, 1 a check failed (its fix line says what to do).",
+    )
+    doctor.add_argument("--yes", "-y", action="store_true", help="fix without asking")
+    doctor.add_argument("--prefix", metavar="NAME", help="base of session mailbox names, e.g. backend ('' removes it)")
+    doctor.add_argument("--resume", help=argparse.SUPPRESS)  # the hand-over to the managed environment
+    update = verb(
+        "update",
+        cmd_update,
+        "bring the daemon to the newest installed plugin version: reinstall its managed environment from "
+        "that plugin, restart it (run after `claude plugin update`)",
+        exits="exit codes: 0 the daemon runs the plugin's version, 1 it does not (the message says why).",
+    )
+    update.add_argument("--root", help="plugin source tree (default: the newest installed copy of this plugin)")
+    update.add_argument(
+        "--pull",
+        action="store_true",
+        help="first run `claude plugin marketplace update` and `claude plugin update` (where `claude` is available)",
+    )
     verb("whoami", cmd_whoami, "this Claude Code session's mailbox name").add_argument("--session", help="session id")
 
-    watch = verb("watch", cmd_watch, "wait for exactly one event: mail (0), rename (0), timeout (3)", json_output=False)
+    watch = verb(
+        "watch",
+        cmd_watch,
+        "wait for exactly one event: mail (0), rename (0), timeout (3)",
+        json_output=False,
+        exits="exit codes: 0 mail or rename, 1 error, 2 daemon unreachable, 3 timed out without mail.",
+    )
     watch.add_argument("--block", action="store_true", help="wait for one event, then exit (required)")
     watch.add_argument("--name", required=True)
     watch.add_argument("--timeout", type=float, default=25.0, help="seconds to wait (default 25)")
 
     collaborate = verb("collaborate", cmd_collaborate, "turn collaboration mode (wake on mail) on or off")
-    collaborate.add_argument("state", choices=["on", "off", "status"])
+    collaborate.add_argument("state", nargs="?", default="on", choices=["on", "off", "status"], help="default: on")
     collaborate.add_argument("--name", help="mailbox (default: this session's)")
     collaborate.add_argument("--session", help="session id (default: from the Claude Code environment)")
 
-    prune = verb("prune", cmd_prune, "delete delivered mail older than an age; pending mail is never pruned")
+    announce = verb(
+        "session-announce",
+        cmd_session_announce,
+        "SessionStart hook: read the hook's stdin JSON, register the session, print its announcement",
+        json_output=False,
+        exits=HOOK_EXITS,
+    )
+    announce.add_argument("--name", help="fixed mailbox name (default: derived from the session id)")
+
+    for verb_name, run, what in (
+        ("install-hook", cmd_install_hook, "add claude-mailbox's SessionStart and UserPromptSubmit hooks to"),
+        ("uninstall-hook", cmd_uninstall_hook, "remove claude-mailbox's hooks (and nothing else) from"),
+    ):
+        patch = verb(
+            verb_name,
+            run,
+            f"{what} ~/.claude/settings.json (--user, default) or ./.claude/settings.json (--project); "
+            "for use without the plugin",
+            exits=LOCAL_EXITS,
+        )
+        if verb_name == "install-hook":
+            patch.add_argument("--name", required=True, help="the mailbox name this user's sessions read")
+        scope = patch.add_mutually_exclusive_group()
+        scope.add_argument("--user", dest="scope", action="store_const", const="user", help="~/.claude/settings.json")
+        scope.add_argument(
+            "--project", dest="scope", action="store_const", const="project", help="./.claude/settings.json"
+        )
+        patch.set_defaults(scope="user")
+
+    prune = verb(
+        "prune",
+        cmd_prune,
+        "delete delivered mail older than an age; pending mail is never pruned",
+        exits=LOCAL_EXITS,
+    )
     prune.add_argument("--delivered-older-than", required=True, metavar="AGE", help="e.g. 30d, 12h")
     prune.add_argument("--dry-run", action="store_true", help="count only")
     prune.add_argument("--config", help="config file (default: config.toml in the data dir)")
@@ -307,4 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        return EXIT_ERROR
+    except OSError as exc:  # a file the verb needed: one line, no traceback
+        print(f"claude-mailbox: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -31,6 +31,7 @@ class Config:
     max_request_bytes: int = 1024 * 1024
     rate_limit_per_minute: int = 600
     max_pending_per_mailbox: int = 10_000
+    client_timeout_seconds: int = 10  # to send a request's headers, then its body; idle keep-alive closes after it
     retention_days: int | None = None  # delivered mail older than this is pruned daily
     prefix: str | None = None  # base of session mailbox names, e.g. "backend" -> backend-1a2b3c4d
     source: str | None = None  # the file these settings came from, for messages
@@ -54,6 +55,7 @@ _INT_KEYS = {
     "max_request_bytes",
     "rate_limit_per_minute",
     "max_pending_per_mailbox",
+    "client_timeout_seconds",
     "retention_days",
 }
 _STR_KEYS = {"bind", "durability", "prefix"}
@@ -87,7 +89,13 @@ def validate(config: Config, origin: str) -> None:
         raise ConfigError(f"{origin}: port must be between 0 and 65535, not {config.port}")
     if config.durability not in DURABILITY_LEVELS:
         raise ConfigError(f"{origin}: durability must be one of {', '.join(DURABILITY_LEVELS)}")
-    for key in ("busy_timeout_ms", "max_body_bytes", "max_request_bytes", "rate_limit_per_minute"):
+    for key in (
+        "busy_timeout_ms",
+        "max_body_bytes",
+        "max_request_bytes",
+        "rate_limit_per_minute",
+        "client_timeout_seconds",
+    ):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{origin}: {key} must be a positive number")
     if config.max_pending_per_mailbox <= 0:

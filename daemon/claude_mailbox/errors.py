@@ -54,6 +54,20 @@ class PayloadTooLarge(MailboxError):
     http_status = 413
 
 
+class RequestTimeout(MailboxError):
+    """The client did not send its whole request in time (a stalled or deliberately slow client)."""
+
+    code = "request_timeout"
+    http_status = 408
+
+
+class InternalError(MailboxError):
+    """A bug: answered in the one error shape (the traceback goes to the daemon's log)."""
+
+    code = "internal_error"
+    http_status = 500
+
+
 class IdentityRequired(MailboxError):
     code = "identity_required"
 
@@ -90,6 +104,14 @@ class StorageFull(MailboxError):
 
 class ConfigError(MailboxError):
     code = "config_error"
+
+
+class ShuttingDown(MailboxError):
+    """The daemon is stopping: a waiting Stop hook reconnects to the next daemon."""
+
+    code = "shutting_down"
+    http_status = 503
+    exit_code = 2
 
 
 class DaemonUnreachable(MailboxError):

@@ -22,7 +22,13 @@ MAX_STDIN = 1024 * 1024
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ash", "busybox", "fish"})
 TIMEOUTS = {"session-start": 5.0, "prompt-submit": 5.0, "session-end": 0.8}
 STOP_RECONNECT_SECONDS = 60.0  # a Stop waiter rides out a daemon restart (version sync) this long
+STOP_RETRY_SECONDS = 0.5
+STOP_WAITED_SECONDS = 1.0  # a Stop relay refused sooner never got to wait: the daemon is not running
 OFFLINE_LINE = "claude-mailbox: mail is offline (the daemon is not running); run /claude-mailbox:mailbox-doctor"
+
+
+class Restarting(DaemonUnreachable):
+    """The daemon answered 503 to a waiting Stop hook: it is stopping, and a new one may follow."""
 
 
 def claude_pid() -> int:
@@ -64,18 +70,25 @@ def _process_name_and_parent_ps(pid: int) -> tuple[str, int]:
         return "", 0
 
 
-def relay(event: str, data: bytes, url: str, timeout: float | None) -> tuple[int, str, str, str]:
-    """POST the hook input; returns (exit code, stream, text, daemon version)."""
+def relay(
+    event: str, data: bytes, url: str, timeout: float | None, mailbox: str | None = None
+) -> tuple[int, str, str, str]:
+    """POST the hook input; returns (exit code, stream, text, daemon version). `mailbox` fixes the
+    session's mailbox name (hooks installed by `install-hook --name N`) instead of deriving it."""
     headers = {
         "Content-Type": "application/json",
         "X-Mailbox-Claude-Pid": str(claude_pid()),
         "X-Mailbox-Plugin-Version": __version__,
     }
+    if mailbox:
+        headers["X-Mailbox"] = mailbox
     prefix = os.environ.get("CLAUDE_MAILBOX_NAME", "")
     if prefix.isascii() and prefix.isprintable():
         headers["X-Mailbox-Prefix"] = prefix
     response = http_request(url, "POST", f"/v1/hooks/{event}", body=data, headers=headers, timeout=timeout or 1e9)
     version = response.headers.get("x-mailbox-daemon-version", "")
+    if response.status == 503 and event == "stop":
+        raise Restarting("the daemon is shutting down")
     if response.status != 200:
         return 0, "stdout", "", version
     code = response.headers.get("x-hook-exit", "0")
@@ -83,49 +96,110 @@ def relay(event: str, data: bytes, url: str, timeout: float | None) -> tuple[int
     return (2 if code == "2" else 0), stream, response.body.decode("utf-8", "replace"), version
 
 
-def run(event: str, data: bytes) -> tuple[int, str, str]:
-    url = daemon_url()
+def run(event: str, data: bytes, *, url: str | None = None, mailbox: str | None = None) -> tuple[int, str, str]:
+    """Relay one hook event (also used by the CLI's `session-announce`); never raises
+    DaemonUnreachable. `url` overrides the located daemon address."""
+    located = url or daemon_url()
     if event == "stop":
-        return _stop(data, url)
+        return _stop(data, located)
     try:
-        code, stream, text, version = relay(event, data, url, TIMEOUTS.get(event, 5.0))
+        code, stream, text, version = relay(event, data, located, TIMEOUTS.get(event, 5.0), mailbox)
     except DaemonUnreachable:
         if event != "session-start":
             return 0, "stdout", ""  # never slow a prompt down for a daemon that is not there
-        return _session_start_slow(data)
+        return _session_start_slow(data, url, mailbox)
     if event == "session-start" and version and version != __version__:
-        return _session_start_slow(data, version)
+        # The running daemon has registered and announced the session: keep that reply (relaying
+        # again would lose a /clear rename note) and add what the version sync did.
+        return code, stream, _with_note(text, _bring_up(version))
     return code, stream, text
 
 
-def _session_start_slow(data: bytes, running_version: str | None = None) -> tuple[int, str, str]:
-    """Daemon down, or of another version than this plugin: start or update it, then announce."""
-    import site
+def _session_start_slow(data: bytes, url: str | None, mailbox: str | None) -> tuple[int, str, str]:
+    """Daemon down: start it (updating its environment if the plugin is newer), then announce."""
+    note = _bring_up(None)
+    try:
+        # Re-located: a daemon started just now may have written a new daemon.url.
+        _, stream, text, _ = relay("session-start", data, url or daemon_url(), TIMEOUTS["session-start"], mailbox)
+    except DaemonUnreachable:
+        return 0, "stdout", _with_note(OFFLINE_LINE, note)
+    return 0, stream, _with_note(text, note)
 
-    site.main()  # the slow path may need site-packages (psutil for autostart)
+
+def _bring_up(running_version: str | None) -> str | None:
+    """lifecycle.bring_up (start, or update to this plugin's version); its one-line note or None."""
+    try:
+        import site
+
+        site.main()  # the slow path may need site-packages (psutil for autostart)
+        from claude_mailbox import lifecycle
+
+        return lifecycle.bring_up(running_version)
+    except Exception:  # no psutil, no service manager: still say that mail is offline
+        return None
+
+
+def _with_note(text: str, note: str | None) -> str:
+    if not note:
+        return text
     from claude_mailbox import lifecycle
 
-    note = lifecycle.bring_up(running_version)
+    return lifecycle.with_note(text, note)
+
+
+def one_shot_print_run(pid: int) -> bool:
+    """Is Claude Code a plain `claude -p` run? It exits after this turn: it holds its exit for up to
+    30 s for a pending async hook, and an asyncRewake exit 2 then starts no turn (the mail would be
+    consumed and never shown). `-p` with `--input-format stream-json` is a live session: it wakes."""
+    if os.environ.get("CLAUDE_CODE_SESSION_ATTENDED") != "0":
+        return False  # interactive
+    args = _command_line(pid)
+    if "--" in args:
+        args = args[: args.index("--")]
+    live = "stream-json" in args and ("--input-format" in args or "--input-format=stream-json" in args)
+    return ("-p" in args or "--print" in args) and not live
+
+
+def _command_line(pid: int) -> list[str]:
     try:
-        _, stream, text, _ = relay("session-start", data, daemon_url(), TIMEOUTS["session-start"])
-    except DaemonUnreachable:
-        return 0, "stdout", OFFLINE_LINE
-    return 0, stream, lifecycle.with_note(text, note)
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().decode("utf-8", "replace").split("\0")
+    except OSError:
+        pass
+    import subprocess  # no /proc (macOS)
+
+    try:
+        out = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, timeout=2)
+        return out.stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return []
 
 
 def _stop(data: bytes, url: str) -> tuple[int, str, str]:
     """The asyncRewake Stop waiter. Returns at once unless this session is collaborating."""
     import time
 
-    deadline = time.monotonic() + STOP_RECONNECT_SECONDS
+    if one_shot_print_run(claude_pid()):
+        return 0, "stdout", ""
+    deadline = None  # counted from the first failure: a waiter may have waited for hours before it
     while True:
+        started = time.monotonic()
         try:
             code, stream, text, _ = relay("stop", data, url, None)
             return code, stream, text
-        except DaemonUnreachable:
-            if time.monotonic() > deadline:
+        except DaemonUnreachable as exc:
+            now = time.monotonic()
+            if deadline is None:
+                refused = "connection refused" in exc.message  # wire.py's reason for a failed connect
+                if refused and now - started < STOP_WAITED_SECONDS:
+                    # No daemon at all: nothing to wait on. Lingering would also hold up the exit of
+                    # `claude -p`, which waits for pending async hooks.
+                    return 0, "stdout", ""
+                # It was waiting and the daemon went away (killed, or 503: shutting down): find the next one.
+                deadline = now + STOP_RECONNECT_SECONDS
+            if now > deadline:
                 return 0, "stdout", ""
-            time.sleep(1.0)
+            time.sleep(STOP_RETRY_SECONDS)
             url = daemon_url()
 
 
@@ -134,12 +208,45 @@ def headers_helper() -> str:
     return f'{{"X-Mailbox-Claude-Pid": "{claude_pid()}"}}'
 
 
+def run_cli(args: list[str]) -> int:
+    """`hooks/run cli ARGS`: the claude-mailbox CLI from the plugin's own source, for plugin commands
+    and skills on machines where `claude-mailbox` is not on PATH. Its output is its own."""
+    try:
+        import site
+
+        site.main()
+        from claude_mailbox.cli import main as cli_main
+
+        return cli_main(args)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 1
+    except Exception as exc:  # one line, not a traceback, and a failing exit code
+        if sys.version_info < (3, 11):  # noqa: UP036 - hooks/run may find any python3: say what to install
+            version = ".".join(str(part) for part in sys.version_info[:3])
+            print(
+                f"claude-mailbox: Python {version} ({sys.executable}) is too old; install Python 3.11 or newer "
+                "(https://www.python.org/downloads/), then run /claude-mailbox:mailbox-doctor",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"claude-mailbox: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        import contextlib
+
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+
+
 def main(argv: list[str]) -> None:
     code, stream, text = 0, "stdout", ""
     try:
         event = argv[0] if argv else ""
         if event == "headers":
             text = headers_helper()
+        elif event == "cli":
+            code = run_cli(argv[1:])
         else:
             data = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read(MAX_STDIN + 1)
             code, stream, text = run(event, data)

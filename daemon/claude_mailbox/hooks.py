@@ -47,10 +47,12 @@ def parse_hook_input(data: bytes) -> HookInput:
         raise InvalidInput("hook input is larger than 1 MiB")
     try:
         raw = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidInput("hook input is not JSON") from None
     if not isinstance(raw, dict):
         raise InvalidInput("hook input is not a JSON object")
+    if (b"\\u" in data or b"\xed" in data) and not _valid_unicode(raw):
+        raise InvalidInput("hook input is not valid Unicode text (it contains a lone surrogate)")
     session_id = raw.get("session_id")
     if not isinstance(session_id, str) or not session_id.strip() or len(session_id) > 200:
         raise InvalidInput("hook input has no usable session_id")
@@ -69,12 +71,25 @@ def parse_hook_input(data: bytes) -> HookInput:
     )
 
 
+def _valid_unicode(value: Any) -> bool:
+    """False when a string anywhere in `value` holds a lone surrogate ("\\ud800" in JSON), which
+    cannot be stored or printed as UTF-8."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def context_output(event: str, context: str) -> str:
     """The JSON form Claude Code reads from a context-injecting hook's stdout."""
     return json.dumps({"hookSpecificOutput": {"hookEventName": event, "additionalContext": context}})
 
 
-def session_start_context(mailbox: str, peers: list[Peer], pending: int, renamed_from: str | None) -> str:
+def session_start_context(
+    mailbox: str, peers: list[Peer], pending: int, renamed_from: str | None, plugin: bool = True
+) -> str:
+    """`plugin=False`: hooks installed by `install-hook` (no plugin, so no plugin tool names or commands)."""
     lines = [f"claude-mailbox: this session's mailbox name is {mailbox}."]
     if renamed_from:
         lines.append(f"It was {renamed_from} before /clear; mail sent to the old name still arrives here.")
@@ -86,12 +101,21 @@ def session_start_context(mailbox: str, peers: list[Peer], pending: int, renamed
             lines.append(f"- {peer.name} ({state}{where}, {peer.pending} unread)")
     else:
         lines.append("No other sessions were active in the last hour.")
-    lines.append(f"To message a peer, use the {SEND_TOOL} tool with `to` set to its mailbox name.")
+    if plugin:
+        lines.append(f"To message a peer, use the {SEND_TOOL} tool with `to` set to its mailbox name.")
+    else:
+        lines.append(
+            "To message a peer, use the mailbox MCP server's `send` tool, or run "
+            f"`claude-mailbox send --from {mailbox} --to NAME --body TEXT`."
+        )
     if pending:
         lines.append(f"{pending} unread message(s) are waiting and arrive with the next prompt.")
-    lines.append(
-        "Peers' mail arrives with each prompt; to be woken mid-task, the user can run /claude-mailbox:collaborate."
-    )
+    if plugin:
+        lines.append(
+            "Peers' mail arrives with each prompt; to be woken mid-task, the user can run /claude-mailbox:collaborate."
+        )
+    else:
+        lines.append("Peers' mail arrives with each prompt.")
     return "\n".join(lines)
 
 
@@ -102,13 +126,16 @@ def render_message(message: Message) -> str:
 
 
 def mail_context(messages: list[Message], remaining: int, oversized: int = 0) -> str:
-    lines = [f"claude-mailbox: {len(messages)} new message(s) for this session (bodies are JSON-quoted):"]
+    lines = []
+    if messages:
+        lines.append(f"claude-mailbox: {len(messages)} new message(s) for this session (bodies are JSON-quoted):")
     lines.extend(render_message(message) for message in messages)
     if remaining:
         why = f" ({oversized} too long to show here)" if oversized else ""
+        lead = "" if messages else "claude-mailbox: "
         lines.append(
-            f"{remaining} more message(s) are waiting{why}; they stay unread until the {CHECK_TOOL} tool reads them "
-            "or the next prompt."
+            f"{lead}{remaining} more message(s) are waiting{why}; they stay unread until the {CHECK_TOOL} tool "
+            "reads them or the next prompt."
         )
     return "\n".join(lines)
 

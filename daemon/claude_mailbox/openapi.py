@@ -5,6 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}
+# The daemon refuses a body that is only whitespace (Python's str.isspace): at least one other character.
+_SPACES = "".join(f"\\u{code:04x}" for code in range(0x3001) if chr(code).isspace())
+BODY = {
+    "type": "string",
+    "minLength": 1,
+    "pattern": f"[^{_SPACES}]",
+    "description": "At most max_body_bytes (default 64 KiB) of UTF-8.",
+}
 ERROR = {
     "type": "object",
     "required": ["error"],
@@ -96,6 +104,7 @@ def document(version: str) -> dict[str, Any]:
                                     "version": {"type": "string"},
                                     "dbPath": {"type": "string"},
                                     "port": {"type": "integer"},
+                                    "waiters": {"type": "integer", "description": "open long-polls"},
                                 },
                             }
                         ),
@@ -115,7 +124,7 @@ def document(version: str) -> dict[str, Any]:
                                 "schema": {
                                     "type": "object",
                                     "required": ["to", "body"],
-                                    "properties": {"to": NAME, "body": {"type": "string", "minLength": 1}},
+                                    "properties": {"to": NAME, "body": BODY},
                                     "additionalProperties": False,
                                 }
                             }
@@ -187,7 +196,15 @@ def document(version: str) -> dict[str, Any]:
                 "get": {
                     "operationId": "list",
                     "summary": "Every mailbox with liveness, and how much is pending for the caller.",
-                    "parameters": [_header("X-Mailbox", False, "Registers the caller's presence.")],
+                    "parameters": [
+                        {
+                            "name": "X-Mailbox",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "pattern": "^([A-Za-z0-9._-]{1,64})?$"},
+                            "description": "Registers the caller's presence (empty: the same as absent).",
+                        }
+                    ],
                     "responses": {
                         "200": _json(
                             {

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import logging
 import os
 import signal
 import sys
@@ -15,19 +16,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
-from claude_mailbox import __version__, hooks, openapi, paths
+from claude_mailbox import __version__, hooks, identity, openapi, paths
 from claude_mailbox.config import Config, is_loopback
 from claude_mailbox.errors import (
     ConfigError,
     Forbidden,
+    InternalError,
     InvalidInput,
     MailboxError,
     MethodNotAllowed,
     MisdirectedHost,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     UnsupportedMediaType,
 )
 from claude_mailbox.service import Caller, HookReply, MailboxService, caller_from_headers
@@ -42,6 +45,8 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 CHECKPOINT_INTERVAL = 2.0
 RETENTION_INTERVAL = 24 * 3600.0
 VERSION_HEADER = "X-Mailbox-Daemon-Version"
+SHUTDOWN_SETTLE_SECONDS = 0.1
+log = logging.getLogger("claude_mailbox")
 
 
 def error_response(error: MailboxError) -> web.Response:
@@ -70,19 +75,34 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             405: f"{request.method} is not allowed on {request.path}",
             413: "request body too large",
         }.get(exc.status, exc.reason)
-        response = error_response(error_type(message))
+        error = error_type(message)
+        error.http_status = exc.status  # keep aiohttp's status (e.g. 500), only the body changes
+        response = error_response(error)
+        if "Allow" in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+    except ConnectionError:
+        raise  # the client went away: nobody to answer
+    except Exception:
+        log.exception("internal error handling %s %s", request.method, request.path)
+        response = error_response(InternalError("internal error in the daemon; its log has the details"))
     response.headers[VERSION_HEADER] = __version__
     return response
 
 
 def host_allowed(host: str | None) -> bool:
+    """A loopback name with an optional numeric port, nothing else ("127.0.0.1:1@evil", "[::1].evil" fail)."""
     if not host:
         return False
+    if host.lower() in LOOPBACK_HOSTS:
+        return True
     if host.startswith("["):
-        name = host[: host.find("]") + 1]
+        end = host.find("]") + 1
+        name, port = host[:end], host[end:]
     else:
-        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return name.lower() in LOOPBACK_HOSTS
+        name, port = (host[: host.index(":")], host[host.index(":") :]) if ":" in host else (host, "")
+    if port and not (port[0] == ":" and 1 < len(port) <= 6 and all("0" <= ch <= "9" for ch in port[1:])):
+        return False
+    return bool(name) and name.lower() in LOOPBACK_HOSTS
 
 
 def origin_allowed(origin: str) -> bool:
@@ -99,11 +119,32 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     origin = request.headers.get("Origin")
     if origin is not None and not origin_allowed(origin):
         raise Forbidden(f"cross-origin requests from {origin!r} are not allowed")
-    if request.method in ("POST", "PUT", "PATCH", "DELETE") and request.path != "/mcp":
+    if request.method in ("POST", "PUT", "PATCH", "DELETE"):
         has_body = request.content_length not in (None, 0) or request.headers.get("Transfer-Encoding")
         if (has_body or request.headers.get("Content-Type")) and request.content_type != "application/json":
             raise UnsupportedMediaType("POST bodies must be JSON (Content-Type: application/json)")
+    if request.body_exists and not await _read_body(request, request.app[CONFIG].client_timeout_seconds):
+        response = error_response(RequestTimeout("the request body did not arrive in time"))
+        response.headers[VERSION_HEADER] = __version__
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()  # no lingering read of the rest of a trickled body
+        return response
     return await handler(request)
+
+
+async def _read_body(request: web.Request, seconds: float) -> bool:
+    """Read the whole body now, within the client timeout, so a client that trickles it cannot hold
+    a handler; the handlers then get the buffered bytes. False when the time ran out."""
+    if request.content.is_eof():  # the whole body is here already (the usual case): no timer needed
+        await request.read()
+        return True
+    try:
+        async with asyncio.timeout(seconds):
+            await request.read()
+    except TimeoutError:
+        return False
+    return True
 
 
 # --- request helpers ---------------------------------------------------------------------------
@@ -125,7 +166,7 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidInput("request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object")
@@ -179,7 +220,7 @@ async def send(request: web.Request) -> web.Response:
     unknown = set(payload) - {"to", "body", "from"}
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
-    sender = await service.resolve_caller(payload.get("from"), _caller(request), "X-Mailbox header")
+    sender = await service.resolve_caller(payload.get("from"), _caller(request), "from")
     if "to" not in payload or "body" not in payload:
         raise InvalidInput("fields 'to' and 'body' are required")
     message = await service.send(sender, payload["to"], payload["body"])
@@ -208,7 +249,10 @@ async def check_inbox(request: web.Request) -> web.Response:
 
 async def list_mailboxes(request: web.Request) -> web.Response:
     _query(request, set())
-    views, pending = await request.app[SERVICE].list(request.headers.get("X-Mailbox") or None)
+    caller = request.headers.get("X-Mailbox") or None
+    if caller is not None:
+        identity.validate_name(caller, "X-Mailbox header")  # say which input was wrong, as MCP does
+    views, pending = await request.app[SERVICE].list(caller)
     return web.json_response({"mailboxes": [mailbox_json(v) for v in views], "pendingForYou": pending})
 
 
@@ -252,9 +296,9 @@ async def hook(request: web.Request) -> web.StreamResponse:
     prefix = request.headers.get("X-Mailbox-Prefix") or None
     reply: HookReply
     if event == "session-start":
-        reply = await service.session_start(hook_input, caller.claude_pid, prefix)
+        reply = await service.session_start(hook_input, caller.claude_pid, prefix, caller.header_name)
     elif event == "prompt-submit":
-        reply = await service.prompt_submit(hook_input, prefix)
+        reply = await service.prompt_submit(hook_input, prefix, caller.header_name)
     elif event == "session-end":
         reply = await service.session_end(hook_input)
     elif event == "stop":
@@ -288,7 +332,13 @@ async def collaborate(request: web.Request) -> web.Response:
             raise InvalidInput("'name' must be a mailbox name")
         if not await service.set_collaborate(name, on):
             raise NotFound(f"no Claude Code session owns mailbox {name!r}")
-    return web.json_response({"name": name, "collaborating": await service.collaborating(name)})
+    return web.json_response(
+        {
+            "name": name,
+            "collaborating": await service.collaborating(name),
+            "stopWaiter": await service.stop_waiter_attached(name),
+        }
+    )
 
 
 async def whoami(request: web.Request) -> web.Response:
@@ -305,10 +355,18 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
 
 
 async def mcp_not_allowed(request: web.Request) -> web.Response:
-    raise MethodNotAllowed("the MCP endpoint is stateless: only POST is supported")
+    response = error_response(MethodNotAllowed("the MCP endpoint is stateless: only POST is supported"))
+    response.headers["Allow"] = "POST"
+    return response
 
 
 # --- the app -----------------------------------------------------------------------------------
+
+
+async def _version_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response names the daemon's version, also the streamed ones (hooks, watch) whose
+    headers go out before errors_middleware sees them: the SessionStart version sync reads it."""
+    response.headers[VERSION_HEADER] = __version__
 
 
 def make_app(config: Config) -> web.Application:
@@ -320,6 +378,7 @@ def make_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[SERVICE] = service
     app.cleanup_ctx.append(_service_lifecycle)
+    app.on_response_prepare.append(_version_header)
     app.router.add_get("/health", health)
     app.router.add_get("/openapi.json", openapi_document)
     app.router.add_post("/v1/send", send)
@@ -390,8 +449,17 @@ async def serve(config: Config, ready: Callable[[str], None] | None = None) -> N
     if hasattr(signal, "SIGXFSZ"):
         # A file-size limit must fail the write (a clean error), not kill the daemon.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    logging.getLogger("aiohttp.server").addFilter(_without_client_garbage)
     app = make_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    # keepalive_timeout also bounds the time to send a request's headers: aiohttp closes a connection
+    # that has not completed a request's headers this long after it opened or after its last answer.
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=5.0,
+        keepalive_timeout=float(config.client_timeout_seconds),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -414,10 +482,23 @@ async def serve(config: Config, ready: Callable[[str], None] | None = None) -> N
         await stop.wait()
     finally:
         app[SERVICE].waiters.shutdown()
+        # Stop listening first, then give connections accepted just before the signal time to read
+        # their request: aiohttp 3.14's cleanup marks a connection closing before its first read,
+        # ignores the request it then receives and waits shutdown_timeout (5 s) for it.
+        for running_site in list(runner.sites):
+            await running_site.stop()
+        await asyncio.sleep(SHUTDOWN_SETTLE_SECONDS)
         await runner.cleanup()
     with contextlib.suppress(OSError):
         if url_file.read_text(encoding="utf-8") == url:
             url_file.unlink()
+
+
+def _without_client_garbage(record: logging.LogRecord) -> bool:
+    """aiohttp logs every malformed request (bad header bytes, ...) with a traceback; those are the
+    client's fault and already answered 400, so a flood of them must not flood the daemon's log."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(error, http_exceptions.HttpProcessingError) and 400 <= error.code < 500)
 
 
 def _write_url_file(url: str) -> Path:

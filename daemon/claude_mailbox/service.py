@@ -7,25 +7,34 @@ blocks on a lock held by another process, so /health keeps answering while the d
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from claude_mailbox import hooks, identity, liveness
 from claude_mailbox.config import Config
-from claude_mailbox.errors import IdentityMismatch, IdentityRequired, InvalidInput, PayloadTooLarge
+from claude_mailbox.dbthread import DbThread
+from claude_mailbox.errors import (
+    IdentityMismatch,
+    IdentityRequired,
+    InvalidInput,
+    PayloadTooLarge,
+    ShuttingDown,
+    StorageFull,
+    StoreBusy,
+    StoreUnavailable,
+)
 from claude_mailbox.messages import Message
 from claude_mailbox.ratelimit import RateLimiter
 from claude_mailbox.store import Consumed, Mailbox, Rename, Store, iso_before
-from claude_mailbox.waiters import WaiterRegistry, Wake
+from claude_mailbox.waiters import Waiter, WaiterRegistry, Wake
 
 T = TypeVar("T")
 PEER_WINDOW_SECONDS = 3600
 MAX_WATCH_SECONDS = 3600.0
+STOP_RECHECK_SECONDS = 60.0  # a Stop waiter re-checks its connection and its Claude Code process this often
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ def caller_from_headers(headers: Any) -> Caller:
     pid_text = headers.get("x-mailbox-claude-pid") or ""
     return Caller(
         header_name=headers.get("x-mailbox") or None,
-        claude_pid=int(pid_text) if pid_text.isdigit() and len(pid_text) < 10 else None,
+        claude_pid=int(pid_text) if pid_text.isascii() and pid_text.isdigit() and len(pid_text) < 10 else None,
     )
 
 
@@ -86,7 +95,7 @@ class MailboxService:
         self.config = config
         self.waiters = WaiterRegistry()
         self.rate_limiter = RateLimiter(config.rate_limit_per_minute)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailbox-db")
+        self._executor = DbThread("mailbox-db")
         self._store: Store | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -106,7 +115,7 @@ class MailboxService:
         self._executor.shutdown(wait=True)
 
     async def _run_raw(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await self._executor.run(fn)
 
     async def db(self, fn: Callable[[Store], T]) -> T:
         """Run `fn(store)` on the database thread."""
@@ -156,7 +165,9 @@ class MailboxService:
         """Every mailbox with liveness, plus how many are pending for `caller` (who is touched)."""
         if caller is not None:
             identity.validate_name(caller)
-            await self.db(lambda s: s.touch(caller))
+            # Presence is best effort: a full disk or a locked database must not stop the listing.
+            with contextlib.suppress(StorageFull, StoreBusy, StoreUnavailable):
+                await self.db(lambda s: s.touch(caller))
         boxes = await self.db(lambda s: s.mailboxes())
         views = [self._view(box) for box in boxes]
         pending_for_caller = next((box.pending for box in boxes if box.name == caller), 0)
@@ -189,25 +200,32 @@ class MailboxService:
         deadline = time.monotonic() + timeout
         waiter = self.waiters.register(name, exclusive)
         try:
-            while True:
-                target = await self.db(lambda s: s.alias_target(name))
-                if target:
-                    return WatchResult("renamed", [], target)
-                if still_connected():
-                    consumed = await self.check(name, budget)
-                    if consumed.messages:
-                        return WatchResult("mail", consumed.messages)
-                wake = await waiter.next(deadline - time.monotonic())
-                if wake is None:
-                    return WatchResult("timeout", [])
-                if wake.kind == "renamed":
-                    return WatchResult("renamed", [], wake.detail)
-                if wake.kind != "mail":
-                    return WatchResult(wake.kind, [])
-                if not still_connected():
-                    return WatchResult("timeout", [])
+            return await self._wait(waiter, deadline, still_connected, budget)
         finally:
             self.waiters.unregister(waiter)
+
+    async def _wait(
+        self, waiter: Waiter, deadline: float, still_connected: Callable[[], bool], budget: int | None
+    ) -> WatchResult:
+        """One long-poll on a registered waiter, until `deadline` (monotonic)."""
+        name = waiter.mailbox
+        while True:
+            target = await self.db(lambda s: s.alias_target(name))
+            if target:
+                return WatchResult("renamed", [], target)
+            if still_connected():
+                consumed = await self.check(name, budget)
+                if consumed.messages:
+                    return WatchResult("mail", consumed.messages)
+            wake = await waiter.next(deadline - time.monotonic())
+            if wake is None:
+                return WatchResult("timeout", [])
+            if wake.kind == "renamed":
+                return WatchResult("renamed", [], wake.detail)
+            if wake.kind != "mail":
+                return WatchResult(wake.kind, [])
+            if not still_connected():
+                return WatchResult("timeout", [])
 
     async def undeliver(self, messages: list[Message]) -> None:
         ids = [message.id for message in messages]
@@ -217,8 +235,15 @@ class MailboxService:
 
     # --- sessions and hooks ----------------------------------------------------------------
 
-    async def session_start(self, hook: hooks.HookInput, claude_pid: int | None, prefix: str | None) -> HookReply:
-        mailbox = identity.session_mailbox(hook.session_id, prefix or self.config.prefix)
+    async def session_start(
+        self, hook: hooks.HookInput, claude_pid: int | None, prefix: str | None, fixed: str | None = None
+    ) -> HookReply:
+        """Register the session and render its announcement. `fixed` (an X-Mailbox header, from hooks
+        installed by `install-hook --name N`) names the mailbox instead of the session id."""
+        if fixed:
+            mailbox = identity.validate_name(fixed, "X-Mailbox header")
+        else:
+            mailbox = identity.session_mailbox(hook.session_id, prefix or self.config.prefix)
         pid_started = liveness.process_start_time(claude_pid) if claude_pid else None
         rename_from = None
         if hook.source == "clear" and claude_pid:
@@ -247,7 +272,7 @@ class MailboxService:
             for v in views
             if v.mailbox.name != mailbox and v.mailbox.last_seen >= cutoff and v.state in ("alive", "client")
         ]
-        context = hooks.session_start_context(mailbox, peers, pending, rename.old if rename else None)
+        context = hooks.session_start_context(mailbox, peers, pending, rename.old if rename else None, not fixed)
         return HookReply(stdout=hooks.context_output("SessionStart", context))
 
     async def session_mailbox(self, hook: hooks.HookInput, prefix: str | None) -> str:
@@ -257,15 +282,22 @@ class MailboxService:
             return session.mailbox
         return identity.session_mailbox(hook.session_id, prefix or self.config.prefix)
 
-    async def prompt_submit(self, hook: hooks.HookInput, prefix: str | None) -> HookReply:
-        mailbox = await self.session_mailbox(hook, prefix)
+    async def prompt_submit(self, hook: hooks.HookInput, prefix: str | None, fixed: str | None = None) -> HookReply:
+        if fixed:
+            mailbox = identity.validate_name(fixed, "X-Mailbox header")
+        else:
+            mailbox = await self.session_mailbox(hook, prefix)
         consumed = await self.db(
-            lambda s: s.consume(mailbox, budget=hooks.mail_budget(), cost=lambda m: len(hooks.render_message(m)) + 1)
+            lambda s: s.consume(
+                mailbox,
+                budget=hooks.mail_budget(),
+                cost=lambda m: len(hooks.render_message(m)) + 1,
+                skip_oversized=True,  # one huge message must not hold back the mail behind it
+            )
         )
         if not consumed.messages and not consumed.remaining:
             return HookReply()
-        oversized = 0 if consumed.messages else consumed.remaining and 1
-        context = hooks.mail_context(consumed.messages, consumed.remaining, oversized)
+        context = hooks.mail_context(consumed.messages, consumed.remaining, consumed.oversized)
         return HookReply(stdout=hooks.context_output("UserPromptSubmit", context), delivered=consumed.messages)
 
     async def session_end(self, hook: hooks.HookInput) -> HookReply:
@@ -282,16 +314,25 @@ class MailboxService:
         session = await self.db(lambda s: s.session(hook.session_id))
         if session is None or not session.collaborate or session.ended_at:
             return HookReply()
-        result = await self.watch(
-            session.mailbox,
-            MAX_WATCH_SECONDS,
-            exclusive=f"stop:{session.session_id}",
-            still_connected=still_connected,
-            budget=hooks.mail_budget(),
-        )
-        if result.event == "mail":
-            return HookReply(stderr=hooks.wake_text(result.messages), exit_code=2, delivered=result.messages)
-        return HookReply()
+        pid, started = session.claude_pid, session.pid_started
+
+        def deliverable() -> bool:
+            # An orphaned waiter (its Claude Code was killed, so no SessionEnd came) must not eat mail.
+            return still_connected() and (pid is None or liveness.is_alive(pid, started))
+
+        waiter = self.waiters.register(session.mailbox, f"stop:{session.session_id}")
+        try:
+            while True:
+                deadline = time.monotonic() + STOP_RECHECK_SECONDS
+                result = await self._wait(waiter, deadline, deliverable, hooks.mail_budget())
+                if result.event == "mail":
+                    return HookReply(stderr=hooks.wake_text(result.messages), exit_code=2, delivered=result.messages)
+                if result.event == "shutdown":
+                    raise ShuttingDown("the daemon is shutting down; reconnect to the next one")
+                if result.event != "timeout" or not deliverable():
+                    return HookReply()  # replaced, stopped (collaboration off, session end), renamed
+        finally:
+            self.waiters.unregister(waiter)
 
     async def set_collaborate(self, mailbox: str, on: bool) -> bool:
         identity.validate_name(mailbox)
@@ -303,8 +344,14 @@ class MailboxService:
         return found
 
     async def collaborating(self, mailbox: str) -> bool:
+        identity.validate_name(mailbox)
         session = await self.db(lambda s: s.session_for_mailbox(mailbox))
         return bool(session and session.collaborate and not session.ended_at)
+
+    async def stop_waiter_attached(self, mailbox: str) -> bool:
+        """Is this session's Stop-hook waiter connected right now (is the wake-up path working)?"""
+        session = await self.db(lambda s: s.session_for_mailbox(mailbox))
+        return bool(session and self.waiters.holds(f"stop:{session.session_id}"))
 
     async def whois(self, session_id: str) -> str | None:
         session = await self.db(lambda s: s.session(session_id))
@@ -328,4 +375,4 @@ class MailboxService:
             raise IdentityMismatch(f"X-Mailbox {header_name!r} may not read the inbox of {name!r}")
 
     def info(self) -> dict[str, Any]:
-        return {"dbPath": str(self.config.database), "port": self.config.port}
+        return {"dbPath": str(self.config.database), "port": self.config.port, "waiters": self.waiters.total()}

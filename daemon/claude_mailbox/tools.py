@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from claude_mailbox.errors import IdentityRequired
 from claude_mailbox.service import Caller, MailboxService
 
 ToolFunction = Callable[[MailboxService, dict[str, Any], Caller], Awaitable[dict[str, Any]]]
@@ -51,10 +52,8 @@ async def peek_inbox(service: MailboxService, args: dict[str, Any], caller: Call
 async def list_mailboxes(service: MailboxService, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
     try:
         name: str | None = await service.resolve_caller(args.get("name"), caller, "name")
-    except Exception:
-        if args.get("name") is not None:
-            raise
-        name = None  # listing works anonymously; only presence needs a name
+    except IdentityRequired:
+        name = None  # listing works anonymously; only presence needs a name (a bad one is still an error)
     views, pending_for_you = await service.list(name)
     return {"you": name, "mailboxes": [mailbox_json(v) for v in views], "pendingForYou": pending_for_you}
 

@@ -86,3 +86,10 @@ class WaiterRegistry:
 
     def count(self, mailbox: str) -> int:
         return len(self._by_mailbox.get(mailbox, ()))
+
+    def holds(self, key: str) -> bool:
+        """Is a waiter registered under this exclusive key?"""
+        return key in self._exclusive
+
+    def total(self) -> int:
+        return sum(len(waiters) for waiters in self._by_mailbox.values())

@@ -1,0 +1,300 @@
+"""Shared helpers for the benchmarks: a real daemon subprocess on a free port with its own data dir,
+a keep-alive HTTP client, percentiles and plain-text tables.
+
+Benchmarks print figures and ratios against a baseline measured in the same run; they are not
+timed tests. The machine is shared and noisy, so every figure is a median (and p99) over many trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable  # the venv's interpreter (the benchmarks are run as .venv/bin/python bench/NAME.py)
+REAL_PYTHON = os.path.realpath(PYTHON)  # the binary behind the venv's symlink chain
+CLI = str(Path(PYTHON).parent / "claude-mailbox")  # the pip console script, as a user runs it
+
+# The benchmarks send far faster than a person or an agent: lift the per-sender rate limit and the
+# pending cap so they measure the daemon, not its flood protection.
+BENCH_CONFIG: dict[str, Any] = {"rate_limit_per_minute": 100_000_000, "max_pending_per_mailbox": 100_000_000}
+
+
+# --- arguments -----------------------------------------------------------------------------------
+
+
+def parse_args(description: str, extra: Iterable[tuple[tuple[str, ...], dict[str, Any]]] = ()) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="few trials: a smoke run in seconds, figures are rough")
+    for flags, options in extra:
+        parser.add_argument(*flags, **options)
+    return parser.parse_args()
+
+
+def banner(title: str, args: argparse.Namespace) -> None:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    print(f"== {title}")
+    print(
+        f"   python {platform.python_version()} ({REAL_PYTHON}), {os.cpu_count()} cores, "
+        f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}{', QUICK (rough figures)' if args.quick else ''}"
+    )
+    print()
+
+
+# --- environment and the daemon ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(home: Path | None = None, **extra: str) -> dict[str, str]:
+    """The caller's environment without any Claude Code or mailbox variable, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLAUDE_", "COV_", "PYTHON"))}
+    if home is not None:
+        env["CLAUDE_MAILBOX_HOME"] = str(home)
+    env.update(extra)
+    return env
+
+
+def write_config(home: Path, settings: dict[str, Any]) -> Path:
+    """config.toml with integer/string settings (enough for the benchmarks; no TOML library)."""
+    lines = []
+    for key, value in settings.items():
+        lines.append(f"{key} = {json.dumps(value) if isinstance(value, str) else int(value)}")
+    path = home / "config.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def temp_dir(prefix: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def health_ok(port: int, timeout: float = 1.0) -> bool:
+    """One GET /health on a fresh connection; True on a 200."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+            head = sock.recv(64)
+        return head.startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+class Daemon:
+    """`python -m claude_mailbox serve` as a subprocess on a free loopback port."""
+
+    def __init__(self, home: Path, *, config: dict[str, Any] | None = None, args: Sequence[str] = ()) -> None:
+        self.home = home
+        self.port = free_port()
+        self.args = tuple(args)
+        self.process: subprocess.Popen[bytes] | None = None
+        home.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            write_config(home, config)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def env(self) -> dict[str, str]:
+        return clean_env(self.home)
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        log = open(self.home / "bench-daemon.log", "ab")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "claude_mailbox", "serve", "--port", str(self.port), *self.args],
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self.process
+
+    def start(self, timeout: float = 60.0) -> Daemon:
+        self.spawn()
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 60.0, interval: float = 0.002) -> float:
+        """Poll /health until a 200; returns the seconds waited."""
+        assert self.process is not None
+        started = time.perf_counter()
+        deadline = started + timeout
+        while time.perf_counter() < deadline:
+            if self.process.poll() is not None:
+                log = (self.home / "bench-daemon.log").read_text(errors="replace")
+                raise RuntimeError(f"daemon exited with {self.process.returncode}:\n{log}")
+            if health_ok(self.port):
+                return time.perf_counter() - started
+            time.sleep(interval)
+        raise RuntimeError("daemon did not answer /health in time")
+
+    def rss_mib(self) -> tuple[float, float]:
+        """(RSS, USS) of the daemon process in MiB."""
+        import psutil
+
+        info = psutil.Process(self.pid).memory_full_info()
+        return info.rss / 2**20, info.uss / 2**20
+
+    def cpu_seconds(self) -> float:
+        import psutil
+
+        times = psutil.Process(self.pid).cpu_times()
+        return times.user + times.system
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --- a keep-alive HTTP client (the benchmark's side, never the product's) -----------------------
+
+
+class KeepAlive:
+    """One persistent HTTP/1.1 connection to the daemon."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def request(
+        self, method: str, path: str, payload: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        body = None if payload is None else json.dumps(payload).encode()
+        all_headers = dict(headers or {})
+        if body is not None:
+            all_headers["Content-Type"] = "application/json"
+        self.conn.request(method, path, body=body, headers=all_headers)
+        response = self.conn.getresponse()
+        return response.status, response.read()
+
+    def send(self, sender: str, to: str, body: str) -> dict[str, Any]:
+        status, data = self.request("POST", "/v1/send", {"to": to, "body": body}, {"X-Mailbox": sender})
+        if status != 201:
+            raise RuntimeError(f"send answered {status}: {data[:200]!r}")
+        return json.loads(data)
+
+    def check(self, name: str) -> list[dict[str, Any]]:
+        status, data = self.request("POST", f"/v1/check-inbox?name={name}", None, {"X-Mailbox": name})
+        if status != 200:
+            raise RuntimeError(f"check-inbox answered {status}: {data[:200]!r}")
+        return list(json.loads(data)["messages"])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# --- statistics and output ----------------------------------------------------------------------
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); q in [0, 100]."""
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    position = (len(ordered) - 1) * q / 100.0
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summary(samples: Sequence[float]) -> dict[str, float]:
+    return {
+        "n": float(len(samples)),
+        "p50": percentile(samples, 50),
+        "p90": percentile(samples, 90),
+        "p99": percentile(samples, 99),
+        "min": min(samples) if samples else float("nan"),
+        "max": max(samples) if samples else float("nan"),
+    }
+
+
+def ms(seconds: float) -> str:
+    if seconds != seconds:  # NaN
+        return "-"
+    value = seconds * 1000
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}" if value < 1000 else f"{value:.0f}"
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        first, *rest = row
+        return "  ".join([first.ljust(widths[0])] + [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)])
+
+    print(f"-- {title}")
+    print(line(cells[0]))
+    print("  ".join("-" * w for w in widths))
+    for row in cells[1:]:
+        print(line(row))
+    print(flush=True)
+
+
+def latency_rows(named: Sequence[tuple[str, Sequence[float]]]) -> list[list[str]]:
+    """Rows of `name, n, p50, p90, p99, max` in milliseconds."""
+    rows = []
+    for name, samples in named:
+        s = summary(samples)
+        rows.append([name, str(int(s["n"])), ms(s["p50"]), ms(s["p90"]), ms(s["p99"]), ms(s["max"])])
+    return rows
+
+
+LATENCY_HEADER = ("", "n", "p50 ms", "p90 ms", "p99 ms", "max ms")
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.002) -> bool:
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

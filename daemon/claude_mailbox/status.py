@@ -1,0 +1,174 @@
+"""`claude-mailbox status`: what runs, at which version, where, and who has mail, at a glance.
+
+Stdlib and light modules only (the slash command runs it with plain python3): psutil is used
+through autostart when it is there, and its absence only makes the autostart column vaguer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import datetime, timezone
+from typing import Any
+
+from claude_mailbox import __version__, paths
+from claude_mailbox.client import MailboxClient
+from claude_mailbox.errors import DaemonUnreachable, MailboxError
+from claude_mailbox.wire import Endpoint
+
+
+def gather(url: str, session_id: str | None = None) -> dict[str, Any]:
+    """Everything `status` shows. Top-level `state` is Running or Stopped (the daemon answers or
+    not); `autostart.state` is Running / Stopped / NotInstalled."""
+    client = MailboxClient(url, timeout=2.0)
+    data: dict[str, Any] = {"state": "Stopped", "url": client.url}
+    try:
+        health: dict[str, Any] | None = client.health()
+    except DaemonUnreachable as exc:
+        health = None
+        data["error"] = exc.message
+    if health is not None:
+        data.update(health)
+        data["state"] = "Running"
+    data.setdefault("port", _port(client.url))
+    data.update(_plugin())
+    data["database"] = _database(health)
+    data["autostart"] = _autostart(client.url)
+    if session_id:
+        data["session"] = {"id": session_id, "mailbox": _session_mailbox(client, session_id, health is not None)}
+    data["mailboxes"] = client.list()["mailboxes"] if health is not None else []
+    return data
+
+
+def render(data: dict[str, Any], now: datetime | None = None) -> str:
+    version = data.get("version")
+    plugin = data.get("pluginVersion")
+    if data["state"] == "Running":
+        daemon = f"Running  {version} at {data['url']}"
+        if plugin and version != plugin:
+            daemon += f"  (plugin is {plugin}: the next session start updates it)"
+    else:
+        daemon = f"Stopped  nothing answers at {data['url']}"
+    autostart = data["autostart"]
+    how = autostart.get("mechanism") or ("not registered" if autostart["state"] == "NotInstalled" else "")
+    database = data["database"]
+    size = _size(database["bytes"]) if database.get("bytes") is not None else "not created yet"
+    rows = [
+        ("daemon", daemon),
+        ("plugin", f"{plugin}" + (f"  {data['pluginRoot']}" if data.get("pluginRoot") else "")),
+        ("port", str(data.get("port", ""))),
+        ("database", f"{database.get('path') or 'unknown'}  ({size})"),
+        ("autostart", f"{autostart['state']}" + (f"  {how}" if how else "")),
+    ]
+    if "session" in data:
+        rows.append(("session", f"{data['session']['mailbox']}  (this session)"))
+    lines = ["claude-mailbox status"] + [f"  {label:<10} {value}" for label, value in rows]
+    boxes = data.get("mailboxes", [])
+    if data["state"] == "Running":
+        lines.append(f"mailboxes ({len(boxes)})" + (":" if boxes else ": none yet"))
+    if boxes:
+        now = now or datetime.now(timezone.utc)  # noqa: UP017 - runs on python3 < 3.11 too
+        width = max(len("NAME"), *(len(box["name"]) for box in boxes))
+        lines.append(f"  {'NAME':<{width}}  {'STATE':<6} {'PENDING':>7}  {'LAST SEEN':<9}  PROJECT")
+        for box in boxes:
+            state = box["state"] + ("+collab" if box.get("collaborating") else "")
+            extra = f"-> {box['aliasOf']}" if box.get("aliasOf") else (box.get("projectDir") or "")
+            seen = _ago(box.get("lastSeen"), now)
+            lines.append(f"  {box['name']:<{width}}  {state:<6} {box['pending']:>7}  {seen:<9}  {extra}".rstrip())
+    return "\n".join(lines)
+
+
+def _plugin() -> dict[str, Any]:
+    from claude_mailbox import lifecycle
+
+    root = lifecycle.plugin_root()
+    version = (lifecycle.source_version(root) if root else None) or __version__
+    return {"pluginVersion": version, "pluginRoot": str(root) if root else None}
+
+
+def _port(url: str) -> int | None:
+    try:
+        return Endpoint.parse(url).port
+    except MailboxError:
+        return None
+
+
+def _database(health: dict[str, Any] | None) -> dict[str, Any]:
+    path: str | None = health.get("dbPath") if health else None
+    if path is None:
+        try:
+            from claude_mailbox import config
+
+            path = str(config.load().database)
+        except MailboxError:
+            path = str(paths.default_db_path())
+    size = None
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            size = (size or 0) + os.path.getsize(path + suffix)
+    return {"path": path, "bytes": size}
+
+
+def _autostart(url: str) -> dict[str, Any]:
+    """Running / Stopped / NotInstalled, and by what. Without psutil (plain python3) the pid file
+    cannot be checked; the answer then rests on the service definition alone."""
+    from claude_mailbox import autostart
+
+    mechanism = autostart.installed_mechanism()
+    try:
+        state = autostart.state(url).value
+        detached = autostart.detached_pid() if mechanism is None else None
+    except ImportError:
+        try:
+            healthy = bool(MailboxClient(url, timeout=0.5).health())
+        except MailboxError:
+            healthy = False
+        state = "Running" if healthy else ("Stopped" if mechanism else "NotInstalled")
+        detached = None
+    name = mechanism.value if mechanism else (f"detached process (pid {detached})" if detached else None)
+    return {"state": state, "mechanism": name, "location": autostart.installed_location()}
+
+
+def _session_mailbox(client: MailboxClient, session_id: str, running: bool) -> str:
+    if running:
+        try:
+            return str(client.call("GET", f"/v1/whoami?session={session_id}")["name"])
+        except MailboxError:
+            pass
+    from claude_mailbox import identity
+
+    prefix = os.environ.get("CLAUDE_MAILBOX_NAME")
+    if not prefix:
+        try:
+            from claude_mailbox import config
+
+            prefix = config.load().prefix
+        except MailboxError:
+            prefix = None
+    return identity.session_mailbox(session_id, prefix)
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} bytes"
+
+
+def _ago(stamp: str | None, now: datetime) -> str:
+    if not stamp:
+        return "-"
+    try:
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return stamp
+    seconds = max(0, int((now - moment).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+__all__ = ["gather", "render"]

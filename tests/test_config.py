@@ -1,0 +1,196 @@
+"""Settings in-process: defaults < config file (TOML, or the seed's mailbox.json) < flags, errors
+that name the file and line, and the durability setting reaching the daemon's own connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from claude_mailbox import config, paths
+from claude_mailbox.config import Config
+from claude_mailbox.errors import ConfigError
+from claude_mailbox.service import MailboxService
+
+
+def test_defaults(mailbox_home: Path) -> None:
+    settings = config.load()
+    assert settings == Config()
+    assert settings.source is None
+    assert (settings.port, settings.bind) == (37849, "127.0.0.1")
+    assert settings.database == mailbox_home / "mailbox.db"
+    assert settings.durability == "normal"
+    assert settings.max_body_bytes == 64 * 1024
+    assert settings.url == "http://127.0.0.1:37849"
+
+
+def test_claude_mailbox_home_moves_every_path(mailbox_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert paths.data_dir() == mailbox_home
+    assert paths.config_path() == mailbox_home / "config.toml"
+    assert paths.legacy_config_path() == mailbox_home / "mailbox.json"
+    assert paths.default_db_path() == mailbox_home / "mailbox.db"
+    assert paths.url_file().parent == mailbox_home
+    monkeypatch.delenv("CLAUDE_MAILBOX_HOME")
+    monkeypatch.setenv("HOME", str(mailbox_home / "user"))
+    assert paths.data_dir() == mailbox_home / "user" / ".claude-mailbox"
+
+
+def test_config_toml_overrides_defaults(mailbox_home: Path, tmp_path: Path) -> None:
+    (mailbox_home / "config.toml").write_text(
+        f'port = 4000\ndb_path = "{tmp_path / "x.db"}"\ndurability = "full"\nmax_body_bytes = 1000\n'
+        'prefix = "backend"\nretention_days = 30\n',
+        encoding="utf-8",
+    )
+    settings = config.load()
+    assert settings.port == 4000
+    assert settings.database == tmp_path / "x.db"
+    assert settings.durability == "full"
+    assert settings.max_body_bytes == 1000
+    assert settings.prefix == "backend"
+    assert settings.retention_days == 30
+    assert settings.source == str(mailbox_home / "config.toml")
+    assert settings.bind == "127.0.0.1"  # not in the file: the default
+
+
+def test_db_path_expands_the_home_directory(mailbox_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(mailbox_home / "h"))
+    (mailbox_home / "config.toml").write_text('db_path = "~/mail.db"\n', encoding="utf-8")
+    assert config.load().database == mailbox_home / "h" / "mail.db"
+
+
+def test_flags_beat_the_file_and_none_means_not_given(mailbox_home: Path, tmp_path: Path) -> None:
+    (mailbox_home / "config.toml").write_text('port = 4000\nbind = "localhost"\n', encoding="utf-8")
+    from_file = config.load()
+    merged = config.with_overrides(from_file, port=5000, bind=None, db_path=tmp_path / "flag.db")
+    assert (merged.port, merged.bind, merged.database) == (5000, "localhost", tmp_path / "flag.db")
+    unchanged = config.with_overrides(from_file, port=None, bind=None, db_path=None)
+    assert unchanged == from_file
+
+
+def test_flag_values_are_validated(mailbox_home: Path) -> None:
+    with pytest.raises(ConfigError, match="port must be between 0 and 65535"):
+        config.with_overrides(config.load(), port=70000)
+
+
+def test_legacy_mailbox_json(mailbox_home: Path, tmp_path: Path) -> None:
+    legacy = mailbox_home / "mailbox.json"
+    legacy.write_text(
+        json.dumps({"port": 4100, "bind": "127.0.0.1", "dbPath": str(tmp_path / "seed.db"), "someSeedKey": 1}),
+        encoding="utf-8",
+    )
+    settings = config.load()
+    assert (settings.port, settings.database, settings.source) == (4100, tmp_path / "seed.db", str(legacy))
+
+
+def test_config_toml_wins_over_mailbox_json(mailbox_home: Path) -> None:
+    (mailbox_home / "mailbox.json").write_text(json.dumps({"port": 4100}), encoding="utf-8")
+    (mailbox_home / "config.toml").write_text("port = 4200\n", encoding="utf-8")
+    assert config.load().port == 4200
+
+
+def test_explicit_path_is_the_only_file_read(mailbox_home: Path, tmp_path: Path) -> None:
+    (mailbox_home / "config.toml").write_text("port = 4200\n", encoding="utf-8")
+    explicit = tmp_path / "other.toml"
+    explicit.write_text("max_body_bytes = 5\n", encoding="utf-8")
+    settings = config.load(explicit)
+    assert (settings.port, settings.max_body_bytes) == (37849, 5)
+    legacy_style = tmp_path / "old.json"
+    legacy_style.write_text(json.dumps({"port": 4300}), encoding="utf-8")
+    assert config.load(legacy_style).port == 4300
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("file_name", "text", "line"),
+    [
+        ("config.toml", 'port = 1\nbind = "unterminated\n', 2),
+        ("config.toml", "\n\n\n[table\n", 4),
+        ("config.toml", "port = 1\nport = 2\n", 2),
+        ("mailbox.json", '{"port": 1,\n"bind": }', 2),
+    ],
+)
+def test_malformed_file_names_file_and_line(mailbox_home: Path, file_name: str, text: str, line: int) -> None:
+    path = mailbox_home / file_name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        config.load()
+    assert str(path) in caught.value.message
+    assert f"line {line}" in caught.value.message
+
+
+def test_not_utf8_is_a_clear_error(mailbox_home: Path) -> None:
+    path = mailbox_home / "config.toml"
+    path.write_bytes(b"port = 1\n# \xff\xfe\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load()
+    assert str(path) in caught.value.message
+
+
+def test_mailbox_json_must_be_an_object(mailbox_home: Path) -> None:
+    (mailbox_home / "mailbox.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ConfigError, match="JSON object"):
+        config.load()
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("colour = 'blue'\n", ["unknown setting 'colour'", "port"]),
+        ("source = 'x'\n", ["unknown setting 'source'"]),
+        ('port = "37849"\n', ["port", "whole number"]),
+        ("port = true\n", ["port", "whole number"]),
+        ("port = 1.5\n", ["port", "whole number"]),
+        ("port = -1\n", ["port", "between 0 and 65535"]),
+        ("bind = 127\n", ["bind", "string"]),
+        ('durability = "paranoid"\n', ["durability", "normal, full"]),
+        ("max_body_bytes = 0\n", ["max_body_bytes", "positive"]),
+        ("rate_limit_per_minute = -5\n", ["rate_limit_per_minute", "positive"]),
+        ("retention_days = 0\n", ["retention_days", "positive"]),
+        ('db_path = ""\n', ["db_path", "file path"]),
+        ("db_path = 5\n", ["db_path", "file path"]),
+    ],
+)
+def test_invalid_settings_name_the_file_and_the_key(mailbox_home: Path, text: str, words: list[str]) -> None:
+    path = mailbox_home / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        config.load()
+    assert str(path) in caught.value.message
+    for word in words:
+        assert word in caught.value.message, caught.value.message
+
+
+def test_write_setting_round_trip(mailbox_home: Path) -> None:
+    (mailbox_home / "config.toml").write_text('# mine\nprefix = "backend"\n', encoding="utf-8")
+    assert config.write_setting("port", 4500) == mailbox_home / "config.toml"
+    settings = config.load()
+    assert (settings.port, settings.prefix) == (4500, "backend")
+    config.write_setting("port", None)
+    assert config.load().port == 37849
+    assert config.load().prefix == "backend"
+
+
+def _synchronous_of_daemon_connection(settings: Config) -> int:
+    """Open the service exactly as serve does and read PRAGMA synchronous on its own connection."""
+
+    async def main() -> int:
+        service = MailboxService(settings)
+        await service.open()
+        try:
+            return int(await service.db(lambda store: store.db.execute("PRAGMA synchronous").fetchall()[0][0]))
+        finally:
+            await service.close()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(("durability", "expected"), [(None, 1), ("normal", 1), ("full", 2)])
+def test_durability_reaches_the_daemon_connection(mailbox_home: Path, durability: str | None, expected: int) -> None:
+    if durability is not None:
+        (mailbox_home / "config.toml").write_text(f'durability = "{durability}"\n', encoding="utf-8")
+    settings = config.load()
+    assert _synchronous_of_daemon_connection(settings) == expected  # 1 = NORMAL, 2 = FULL
+    assert (mailbox_home / "mailbox.db").is_file()
