@@ -25,8 +25,9 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import psutil
 import pytest
 
-from claude_mailbox import autostart, paths
-from claude_mailbox.autostart import InstallResult, Mechanism, State
+from claude_mailbox import paths
+from claude_mailbox.setup import autostart
+from claude_mailbox.setup.autostart import InstallResult, Mechanism, State
 from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import MailboxError
 from conftest import REPO, free_port
@@ -190,7 +191,7 @@ def test_schtasks_xml_is_a_logon_task_running_the_launcher() -> None:
     assert exe is not None
     assert exe.findtext(f"{TASK_NS}Command") == r"C:\Users\A B\venv\Scripts\pythonw.exe"
     assert exe.findtext(f"{TASK_NS}Arguments") == (
-        r'-m claude_mailbox.autostart --log "C:\Users\A B\.claude-mailbox\daemon.log" '
+        r'-m claude_mailbox.setup.autostart --log "C:\Users\A B\.claude-mailbox\daemon.log" '
         r'--env "CLAUDE_MAILBOX_HOME=C:\mail box" serve'
     )
     assert exe.findtext(f"{TASK_NS}WorkingDirectory") == r"C:\Users\A B\.claude-mailbox"
@@ -389,7 +390,7 @@ def test_ensure_running_starts_the_real_daemon_on_the_urls_port(port: int, mailb
 RACER = """
 import sys, time
 from pathlib import Path
-from claude_mailbox import autostart
+from claude_mailbox.setup import autostart
 
 original = autostart.start_detached
 def counted(python, extra_args=()):
@@ -529,7 +530,7 @@ def test_default_python_prefers_the_managed_venv(mailbox_home: Path) -> None:
 def test_importing_autostart_stays_light() -> None:
     """The hooks' slow path imports it: the heavy modules load only where they are used."""
     heavy = ("psutil", "plistlib", "xml.etree.ElementTree", "asyncio", "aiohttp", "apsw", "argparse")
-    code = f"import sys, claude_mailbox.autostart; print([m for m in {heavy!r} if m in sys.modules])"
+    code = f"import sys, claude_mailbox.setup.autostart; print([m for m in {heavy!r} if m in sys.modules])"
     env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from claude_mailbox import __version__, doctor, lifecycle
+from claude_mailbox import __version__
+from claude_mailbox.setup import doctor, lifecycle
 from claude_mailbox.client import MailboxClient
 from conftest import REPO, free_port, start_daemon
 

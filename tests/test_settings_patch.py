@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from claude_mailbox import settings_patch
+from claude_mailbox.setup import settings_patch
 from claude_mailbox.errors import InvalidInput
 from conftest import Daemon, base_env, run_cli
 

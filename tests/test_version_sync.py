@@ -27,7 +27,7 @@ import psutil
 import pytest
 
 from claude_code import require_claude
-from claude_mailbox import lifecycle
+from claude_mailbox.setup import lifecycle
 from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import MailboxError
 from conftest import REPO, Daemon, free_port

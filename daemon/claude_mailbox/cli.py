@@ -188,7 +188,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Daemon state and version, plugin version, port, database, autostart, this session's mailbox,
     mailboxes with pending counts and liveness (status.py). Exit 2 when the daemon is down."""
-    from claude_mailbox import status
+    from claude_mailbox.setup import status
 
     data = status.gather(args.url or default_url(), getattr(args, "session", None) or session_id_from_env())
     emit(args, data, status.render(data))
@@ -196,14 +196,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from claude_mailbox import doctor
+    from claude_mailbox.setup import doctor
 
     return doctor.main(yes=args.yes, as_json=args.json, prefix=args.prefix, url=args.url, resume=args.resume)
 
 
 def cmd_update(args: argparse.Namespace) -> int:
     """The version sync on demand (after `claude plugin update`): see lifecycle.update."""
-    from claude_mailbox import lifecycle
+    from claude_mailbox.setup import lifecycle
 
     result = lifecycle.update(Path(args.root) if args.root else None, args.url, pull=args.pull)
     emit(args, result, result["message"])
@@ -241,13 +241,13 @@ def cmd_whoami(args: argparse.Namespace) -> int:
 
 
 def _settings_file(args: argparse.Namespace) -> Path:
-    from claude_mailbox import settings_patch
+    from claude_mailbox.setup import settings_patch
 
     return settings_patch.settings_path(project=args.scope == "project")
 
 
 def cmd_install_hook(args: argparse.Namespace) -> int:
-    from claude_mailbox import settings_patch
+    from claude_mailbox.setup import settings_patch
 
     result = settings_patch.install(_settings_file(args), args.name, url=args.url)
     state = "installed" if result.changed else "already installed"
@@ -260,7 +260,7 @@ def cmd_install_hook(args: argparse.Namespace) -> int:
 
 
 def cmd_uninstall_hook(args: argparse.Namespace) -> int:
-    from claude_mailbox import settings_patch
+    from claude_mailbox.setup import settings_patch
 
     result = settings_patch.uninstall(_settings_file(args))
     text = (

@@ -16,7 +16,7 @@ import sys
 from claude_mailbox import __version__
 from claude_mailbox.errors import DaemonUnreachable
 from claude_mailbox.locate import daemon_url
-from claude_mailbox.wire import http_request
+from claude_mailbox.httpclient import http_request
 
 MAX_STDIN = 1024 * 1024
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ash", "busybox", "fish"})
@@ -132,7 +132,7 @@ def _bring_up(running_version: str | None) -> str | None:
         import site
 
         site.main()  # the slow path may need site-packages (psutil for autostart)
-        from claude_mailbox import lifecycle
+        from claude_mailbox.setup import lifecycle
 
         return lifecycle.bring_up(running_version)
     except Exception:  # no psutil, no service manager: still say that mail is offline
@@ -142,7 +142,7 @@ def _bring_up(running_version: str | None) -> str | None:
 def _with_note(text: str, note: str | None) -> str:
     if not note:
         return text
-    from claude_mailbox import lifecycle
+    from claude_mailbox.setup import lifecycle
 
     return lifecycle.with_note(text, note)
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 from claude_mailbox import paths
 from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import MailboxError
-from claude_mailbox.wire import Endpoint
+from claude_mailbox.httpclient import Endpoint
 
 if TYPE_CHECKING:
     import psutil
@@ -109,7 +109,7 @@ def launchd_plist_bytes(python: PurePath, env: Mapping[str, str], log: PurePath)
 def windows_command(python: PurePath, env: Mapping[str, str], log: PurePath) -> list[str]:
     """Task Scheduler and Run values carry neither environment nor output redirection, so the
     daemon is started through `launch` below, which applies both before running `serve`."""
-    args = [str(python), "-m", "claude_mailbox.autostart", "--log", str(log)]
+    args = [str(python), "-m", "claude_mailbox.setup.autostart", "--log", str(log)]
     for key, value in env.items():
         args += ["--env", f"{key}={value}"]
     return [*args, "serve"]
@@ -677,7 +677,7 @@ def _is_daemon(pid: int) -> bool:
     except (psutil.Error, ValueError, OverflowError):  # gone, zombie, or not ours to inspect
         return False
     names = [Path(arg).name for arg in cmdline]
-    # `python -m claude_mailbox serve`, `-m claude_mailbox.autostart ... serve`, or `claude-mailbox serve`
+    # `python -m claude_mailbox serve`, `-m claude_mailbox.setup.autostart ... serve`, or `claude-mailbox serve`
     ours = any(a.startswith("claude_mailbox") for a in cmdline) or any(n.startswith("claude-mailbox") for n in names)
     return ours and "serve" in cmdline
 
@@ -775,7 +775,7 @@ def _windowless(python: Path) -> Path:
 
 def _source_root() -> Path | None:
     """daemon/ when this package runs from a checkout rather than from site-packages."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent.parent
     return None if root.name in ("site-packages", "dist-packages") else root
 
 
@@ -786,7 +786,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-# --- `python -m claude_mailbox.autostart --log L [--env K=V]... serve [args]` (Windows entries) ----
+# --- `python -m claude_mailbox.setup.autostart --log L [--env K=V]... serve [args]` (Windows entries) ----
 
 
 def launch(argv: Sequence[str]) -> None:
@@ -794,7 +794,7 @@ def launch(argv: Sequence[str]) -> None:
     import argparse
     import runpy
 
-    parser = argparse.ArgumentParser(prog="claude_mailbox.autostart")
+    parser = argparse.ArgumentParser(prog="claude_mailbox.setup.autostart")
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--env", action="append", default=[])
     parser.add_argument("command", nargs=argparse.REMAINDER)

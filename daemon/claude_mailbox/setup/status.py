@@ -14,7 +14,7 @@ from typing import Any
 from claude_mailbox import __version__, paths
 from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import DaemonUnreachable, MailboxError
-from claude_mailbox.wire import Endpoint
+from claude_mailbox.httpclient import Endpoint
 
 
 def gather(url: str, session_id: str | None = None) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def render(data: dict[str, Any], now: datetime | None = None) -> str:
 
 
 def _plugin() -> dict[str, Any]:
-    from claude_mailbox import lifecycle
+    from claude_mailbox.setup import lifecycle
 
     root = lifecycle.plugin_root()
     version = (lifecycle.source_version(root) if root else None) or __version__
@@ -112,7 +112,7 @@ def _database(health: dict[str, Any] | None) -> dict[str, Any]:
 def _autostart(url: str) -> dict[str, Any]:
     """Running / Stopped / NotInstalled, and by what. Without psutil (plain python3) the pid file
     cannot be checked; the answer then rests on the service definition alone."""
-    from claude_mailbox import autostart
+    from claude_mailbox.setup import autostart
 
     mechanism = autostart.installed_mechanism()
     try:

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from claude_mailbox import lifecycle, paths
+from claude_mailbox import paths
+from claude_mailbox.setup import lifecycle
 from claude_mailbox.errors import MailboxError
 
 MIN_PYTHON = (3, 11)
@@ -264,7 +265,7 @@ class Doctor:
         return config.load().url.replace("://0.0.0.0:", "://127.0.0.1:")
 
     def check_autostart(self) -> Check:
-        from claude_mailbox import autostart
+        from claude_mailbox.setup import autostart
 
         url = self.url()
         python = self.daemon_python()
@@ -316,7 +317,7 @@ class Doctor:
         return Check("autostart", "fixed", summary)
 
     def _autostart_summary(self, mechanism: Any, url: str, version: str | None) -> str:
-        from claude_mailbox import autostart
+        from claude_mailbox.setup import autostart
 
         if mechanism is None:
             pid = _pid_file_daemon()
@@ -469,19 +470,19 @@ def _python_version(python: str) -> str:
 
 
 def _no_service_manager() -> bool:
-    from claude_mailbox import autostart
+    from claude_mailbox.setup import autostart
 
     return sys.platform.startswith("linux") and not autostart.user_systemd_available()
 
 
 def _pid_file_daemon() -> int | None:
-    from claude_mailbox import autostart
+    from claude_mailbox.setup import autostart
 
     return autostart.detached_pid()
 
 
 def _installed_location() -> str | None:
-    from claude_mailbox import autostart
+    from claude_mailbox.setup import autostart
 
     return autostart.installed_location()
 

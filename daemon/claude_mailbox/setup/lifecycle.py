@@ -24,7 +24,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from claude_mailbox import __version__, autostart, paths
+from claude_mailbox import __version__, paths
+from claude_mailbox.setup import autostart
 from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import MailboxError
 from claude_mailbox.locate import daemon_url
@@ -56,7 +57,7 @@ _PROBE = (
 
 def plugin_root() -> Path | None:
     """The plugin's source tree: ${CLAUDE_PLUGIN_ROOT}, else the checkout this code runs from."""
-    for candidate in (os.environ.get("CLAUDE_PLUGIN_ROOT"), Path(__file__).resolve().parent.parent.parent):
+    for candidate in (os.environ.get("CLAUDE_PLUGIN_ROOT"), Path(__file__).resolve().parents[3]):
         if candidate and is_source_tree(Path(candidate)):
             return Path(candidate).resolve()
     return None
