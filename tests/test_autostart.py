@@ -26,10 +26,10 @@ import psutil
 import pytest
 
 from claude_mailbox import paths
-from claude_mailbox.setup import autostart
-from claude_mailbox.setup.autostart import InstallResult, Mechanism, State
 from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import MailboxError
+from claude_mailbox.setup import autostart
+from claude_mailbox.setup.autostart import InstallResult, Mechanism, State
 from conftest import REPO, free_port
 
 PYTHON = Path(sys.executable)

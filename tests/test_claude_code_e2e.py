@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from claude_code import ClaudeResult, ClaudeStream, require_claude, run_claude
-from claude_mailbox import hooks, identity
+from claude_mailbox import hooktext, identity
 from conftest import Daemon, run_cli
 from fake_anthropic import FakeAnthropic, tool_use
 from plugin_env import REPO, make_managed_venv
@@ -208,7 +208,7 @@ def test_context_stays_under_claude_codes_cap(world: World) -> None:
     world.run("hello", "--session-id", session)
     (mail,) = [c for c in contexts(world.api, "UserPromptSubmit") if "new message(s)" in c]
     assert "persisted-output" not in mail
-    assert len(mail) < hooks.CONTEXT_CAP
+    assert len(mail) < hooktext.CONTEXT_CAP
     left = world.daemon.client().peek(name)["pending"]
     assert 0 < left < 30 and f"{left} more message(s) are waiting" in mail
 

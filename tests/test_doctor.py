@@ -25,8 +25,8 @@ import psutil
 import pytest
 
 from claude_mailbox import __version__
-from claude_mailbox.setup import doctor, lifecycle
 from claude_mailbox.client import MailboxClient
+from claude_mailbox.setup import doctor, lifecycle
 from conftest import REPO, free_port, start_daemon
 
 RUN = REPO / "hooks" / "run"

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from claude_mailbox import hookrelay, hooks, identity, liveness
+from claude_mailbox import hookrelay, hooktext, identity, liveness
 from conftest import Daemon, base_env, free_port, run_cli
 from plugin_env import (
     REPO,
@@ -137,7 +137,7 @@ def test_session_start_announces_name_peers_tool_and_collaborate(
         assert not any(box(me) in line for line in lines)
         assert f"use the {SEND_TOOL} tool" in context
         assert "/claude-mailbox:collaborate" in context
-        assert len(context) < hooks.CONTEXT_CAP
+        assert len(context) < hooktext.CONTEXT_CAP
     finally:
         peer_claude.kill()
 
@@ -300,7 +300,7 @@ def test_cap_and_overflow(sessions: Sessions, claude: FakeClaude) -> None:
         if not run.stdout:
             break
         context = run.context
-        assert len(context) < hooks.CONTEXT_CAP
+        assert len(context) < hooktext.CONTEXT_CAP
         got = [json.loads(line.split(": ", 1)[1]) for line in context.splitlines() if line.startswith("Message #")]
         assert got, context
         delivered += got
@@ -325,7 +325,7 @@ def test_single_message_larger_than_the_cap_stays_pending_and_is_mentioned(
     huge = client.send("alice", box(me), "x" * 12_000)
     client.send("alice", box(me), "small after")
     first = sessions.prompt(me, claude.pid).context
-    assert len(first) < hooks.CONTEXT_CAP
+    assert len(first) < hooktext.CONTEXT_CAP
     # The huge one does not block the mail behind it: both small ones arrive, in order.
     assert re.findall(r"^Message #\d+ from alice at \S+: (.*)$", first, re.M) == ['"small before"', '"small after"']
     assert "x" * 100 not in first

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from claude_mailbox.setup import settings_patch
 from claude_mailbox.errors import InvalidInput
+from claude_mailbox.setup import settings_patch
 from conftest import Daemon, base_env, run_cli
 
 PREFIX = ["/opt/mailbox venv/bin/claude-mailbox"]  # a space: commands must quote it

@@ -27,9 +27,9 @@ import psutil
 import pytest
 
 from claude_code import require_claude
-from claude_mailbox.setup import lifecycle
 from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import MailboxError
+from claude_mailbox.setup import lifecycle
 from conftest import REPO, Daemon, free_port
 from test_doctor import plugin_env, stdlib_only_python
 

@@ -10,8 +10,8 @@ from typing import Any
 from urllib.parse import quote
 
 from claude_mailbox.errors import DaemonError, DaemonUnreachable, MailboxError
-from claude_mailbox.paths import DEFAULT_URL
 from claude_mailbox.httpclient import Response, http_request
+from claude_mailbox.paths import DEFAULT_URL
 
 
 class MailboxClient:

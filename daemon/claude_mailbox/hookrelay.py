@@ -15,8 +15,8 @@ import sys
 
 from claude_mailbox import __version__
 from claude_mailbox.errors import DaemonUnreachable
-from claude_mailbox.locate import daemon_url
 from claude_mailbox.httpclient import http_request
+from claude_mailbox.locate import daemon_url
 
 MAX_STDIN = 1024 * 1024
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ash", "busybox", "fish"})

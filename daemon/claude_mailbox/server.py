@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import http_exceptions, web
 
-from claude_mailbox import __version__, hooks, identity, openapi, paths
+from claude_mailbox import __version__, hooktext, identity, openapi, paths
 from claude_mailbox.config import Config, is_loopback
 from claude_mailbox.errors import (
     ConfigError,
@@ -291,7 +291,7 @@ async def hook(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     event = request.match_info["event"]
     _query(request, set())
-    hook_input = hooks.parse_hook_input(await request.read())
+    hook_input = hooktext.parse_hook_input(await request.read())
     caller = _caller(request)
     prefix = request.headers.get("X-Mailbox-Prefix") or None
     reply: HookReply

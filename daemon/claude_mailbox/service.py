@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from claude_mailbox import hooks, identity, liveness
+from claude_mailbox import hooktext, identity, liveness
 from claude_mailbox.config import Config
 from claude_mailbox.dbthread import DbThread
 from claude_mailbox.errors import (
@@ -236,7 +236,7 @@ class MailboxService:
     # --- sessions and hooks ----------------------------------------------------------------
 
     async def session_start(
-        self, hook: hooks.HookInput, claude_pid: int | None, prefix: str | None, fixed: str | None = None
+        self, hook: hooktext.HookInput, claude_pid: int | None, prefix: str | None, fixed: str | None = None
     ) -> HookReply:
         """Register the session and render its announcement. `fixed` (an X-Mailbox header, from hooks
         installed by `install-hook --name N`) names the mailbox instead of the session id."""
@@ -268,21 +268,21 @@ class MailboxService:
         views, pending = await self.list(mailbox)
         cutoff = iso_before(PEER_WINDOW_SECONDS)
         peers = [
-            hooks.Peer(v.mailbox.name, v.mailbox.project_dir, v.alive, v.mailbox.pending, v.state == "alive")
+            hooktext.Peer(v.mailbox.name, v.mailbox.project_dir, v.alive, v.mailbox.pending, v.state == "alive")
             for v in views
             if v.mailbox.name != mailbox and v.mailbox.last_seen >= cutoff and v.state in ("alive", "client")
         ]
-        context = hooks.session_start_context(mailbox, peers, pending, rename.old if rename else None, not fixed)
-        return HookReply(stdout=hooks.context_output("SessionStart", context))
+        context = hooktext.session_start_context(mailbox, peers, pending, rename.old if rename else None, not fixed)
+        return HookReply(stdout=hooktext.context_output("SessionStart", context))
 
-    async def session_mailbox(self, hook: hooks.HookInput, prefix: str | None) -> str:
+    async def session_mailbox(self, hook: hooktext.HookInput, prefix: str | None) -> str:
         """The session's registered mailbox, else the one its id derives to."""
         session = await self.db(lambda s: s.session(hook.session_id))
         if session is not None:
             return session.mailbox
         return identity.session_mailbox(hook.session_id, prefix or self.config.prefix)
 
-    async def prompt_submit(self, hook: hooks.HookInput, prefix: str | None, fixed: str | None = None) -> HookReply:
+    async def prompt_submit(self, hook: hooktext.HookInput, prefix: str | None, fixed: str | None = None) -> HookReply:
         if fixed:
             mailbox = identity.validate_name(fixed, "X-Mailbox header")
         else:
@@ -290,24 +290,24 @@ class MailboxService:
         consumed = await self.db(
             lambda s: s.consume(
                 mailbox,
-                budget=hooks.mail_budget(),
-                cost=lambda m: len(hooks.render_message(m)) + 1,
+                budget=hooktext.mail_budget(),
+                cost=lambda m: len(hooktext.render_message(m)) + 1,
                 skip_oversized=True,  # one huge message must not hold back the mail behind it
             )
         )
         if not consumed.messages and not consumed.remaining:
             return HookReply()
-        context = hooks.mail_context(consumed.messages, consumed.remaining, consumed.oversized)
-        return HookReply(stdout=hooks.context_output("UserPromptSubmit", context), delivered=consumed.messages)
+        context = hooktext.mail_context(consumed.messages, consumed.remaining, consumed.oversized)
+        return HookReply(stdout=hooktext.context_output("UserPromptSubmit", context), delivered=consumed.messages)
 
-    async def session_end(self, hook: hooks.HookInput) -> HookReply:
+    async def session_end(self, hook: hooktext.HookInput) -> HookReply:
         session = await self.db(lambda s: s.end_session(hook.session_id, hook.reason))
         if session is not None:
             self.waiters.stop_exclusive(f"stop:{session.session_id}")
         return HookReply()
 
     async def stop_wait(
-        self, hook: hooks.HookInput, prefix: str | None, still_connected: Callable[[], bool]
+        self, hook: hooktext.HookInput, prefix: str | None, still_connected: Callable[[], bool]
     ) -> HookReply:
         """The asyncRewake Stop hook: in collaboration mode, hold until mail arrives, then hand it
         to Claude (stderr + exit 2 starts a new turn). Otherwise return at once."""
@@ -324,9 +324,9 @@ class MailboxService:
         try:
             while True:
                 deadline = time.monotonic() + STOP_RECHECK_SECONDS
-                result = await self._wait(waiter, deadline, deliverable, hooks.mail_budget())
+                result = await self._wait(waiter, deadline, deliverable, hooktext.mail_budget())
                 if result.event == "mail":
-                    return HookReply(stderr=hooks.wake_text(result.messages), exit_code=2, delivered=result.messages)
+                    return HookReply(stderr=hooktext.wake_text(result.messages), exit_code=2, delivered=result.messages)
                 if result.event == "shutdown":
                     raise ShuttingDown("the daemon is shutting down; reconnect to the next one")
                 if result.event != "timeout" or not deliverable():

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from claude_mailbox import paths
-from claude_mailbox.setup import lifecycle
 from claude_mailbox.errors import MailboxError
+from claude_mailbox.setup import lifecycle
 
 MIN_PYTHON = (3, 11)
 PYTHON_NAMES = ("python3.14", "python3.13", "python3.12", "python3.11", "python3", "python")

@@ -25,10 +25,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from claude_mailbox import __version__, paths
-from claude_mailbox.setup import autostart
 from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import MailboxError
 from claude_mailbox.locate import daemon_url
+from claude_mailbox.setup import autostart
 
 START_WAIT_SECONDS = 2.0
 RESTART_WAIT_SECONDS = 15.0
