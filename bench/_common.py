@@ -14,9 +14,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,13 +22,18 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # the one daemon harness lives with the tests (stdlib only)
+import harness  # noqa: E402
+from harness import free_port, health_ok  # noqa: E402
+
+__all__ = ["Daemon", "free_port", "health_ok"]  # the benchmarks import these from here
 PYTHON = sys.executable  # the venv's interpreter (the benchmarks are run as .venv/bin/python bench/NAME.py)
 REAL_PYTHON = os.path.realpath(PYTHON)  # the binary behind the venv's symlink chain
 CLI = str(Path(PYTHON).parent / "claude-mailbox")  # the pip console script, as a user runs it
 
 # The benchmarks send far faster than a person or an agent: lift the per-sender rate limit and the
-# pending cap so they measure the daemon, not its flood protection.
-BENCH_CONFIG: dict[str, Any] = {"rate_limit_per_minute": 100_000_000, "max_pending_per_mailbox": 100_000_000}
+# pending cap (to config.py's maxima) so they measure the daemon, not its flood protection.
+BENCH_CONFIG: dict[str, Any] = {"rate_limit_per_minute": 1_000_000, "max_pending_per_mailbox": 10_000_000}
 
 
 # --- arguments -----------------------------------------------------------------------------------
@@ -56,12 +58,6 @@ def banner(title: str, args: argparse.Namespace) -> None:
 
 
 # --- environment and the daemon ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def clean_env(home: Path | None = None, **extra: str) -> dict[str, str]:
@@ -92,102 +88,14 @@ def temp_dir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def health_ok(port: int, timeout: float = 1.0) -> bool:
-    """One GET /health on a fresh connection; True on a 200."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            sock.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
-            head = sock.recv(64)
-        return head.startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
-
-
-class Daemon:
-    """`python -m claude_mailbox serve` as a subprocess on a free loopback port."""
+class Daemon(harness.Daemon):
+    """The tests' daemon harness (tests/harness.py), with a config.toml and its log in the data dir."""
 
     def __init__(self, home: Path, *, config: dict[str, Any] | None = None, args: Sequence[str] = ()) -> None:
-        self.home = home
-        self.port = free_port()
-        self.args = tuple(args)
-        self.process: subprocess.Popen[bytes] | None = None
         home.mkdir(parents=True, exist_ok=True)
         if config is not None:
             write_config(home, config)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def env(self) -> dict[str, str]:
-        return clean_env(self.home)
-
-    def spawn(self) -> subprocess.Popen[bytes]:
-        log = open(self.home / "bench-daemon.log", "ab")  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen(
-            [PYTHON, "-m", "claude_mailbox", "serve", "--port", str(self.port), *self.args],
-            env=self.env(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        return self.process
-
-    def start(self, timeout: float = 60.0) -> Daemon:
-        self.spawn()
-        self.wait_healthy(timeout)
-        return self
-
-    def wait_healthy(self, timeout: float = 60.0, interval: float = 0.002) -> float:
-        """Poll /health until a 200; returns the seconds waited."""
-        assert self.process is not None
-        started = time.perf_counter()
-        deadline = started + timeout
-        while time.perf_counter() < deadline:
-            if self.process.poll() is not None:
-                log = (self.home / "bench-daemon.log").read_text(errors="replace")
-                raise RuntimeError(f"daemon exited with {self.process.returncode}:\n{log}")
-            if health_ok(self.port):
-                return time.perf_counter() - started
-            time.sleep(interval)
-        raise RuntimeError("daemon did not answer /health in time")
-
-    def rss_mib(self) -> tuple[float, float]:
-        """(RSS, USS) of the daemon process in MiB."""
-        import psutil
-
-        info = psutil.Process(self.pid).memory_full_info()
-        return info.rss / 2**20, info.uss / 2**20
-
-    def cpu_seconds(self) -> float:
-        import psutil
-
-        times = psutil.Process(self.pid).cpu_times()
-        return times.user + times.system
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        return self.process.returncode
-
-    def __enter__(self) -> Daemon:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(home, free_port(), tuple(args), log_path=home / "bench-daemon.log")
 
 
 # --- a keep-alive HTTP client (the benchmark's side, never the product's) -----------------------

@@ -18,7 +18,7 @@ RECIPIENTS = 256  # spread over many inboxes, like real traffic (each pending in
 
 
 async def client(
-    index: int, port: int, start: float, stop: float, latencies: list[float], errors: list[str]
+    index: int, port: int, start: float, stop: float, latencies: list[float], errors: list[str], recipient: str = ""
 ) -> tuple[int, int]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     sender = f"load-{os.getpid()}-{index}"
@@ -31,7 +31,8 @@ async def client(
             began = time.perf_counter()
             if began >= stop:
                 break
-            body = json.dumps({"to": f"inbox-{(index * 7919 + done) % RECIPIENTS}", "body": f"load message {done}"})
+            to = recipient or f"inbox-{(index * 7919 + done) % RECIPIENTS}"
+            body = json.dumps({"to": to, "body": f"load message {done}"})
             data = body.encode()
             writer.write(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
             response_head = await reader.readuntil(b"\r\n\r\n")
@@ -54,13 +55,15 @@ async def client(
     return done, counted
 
 
-async def main(port: int, clients: int, seconds: float, warmup: float) -> dict[str, object]:
+async def main(port: int, clients: int, seconds: float, warmup: float, recipient: str = "") -> dict[str, object]:
     now = time.perf_counter()
     start, stop = now + warmup, now + warmup + seconds
     latencies: list[float] = []
     errors: list[str] = []
     cpu_before = os.times()
-    results = await asyncio.gather(*(client(i, port, start, stop, latencies, errors) for i in range(clients)))
+    results = await asyncio.gather(
+        *(client(i, port, start, stop, latencies, errors, recipient) for i in range(clients))
+    )
     cpu_after = os.times()
     counted = sum(c for _, c in results)
     return {
@@ -80,5 +83,6 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--recipient", default="", help="send everything to this one inbox (issue 10)")
     ns = parser.parse_args()
-    print(json.dumps(asyncio.run(main(ns.port, ns.clients, ns.seconds, ns.warmup))))
+    print(json.dumps(asyncio.run(main(ns.port, ns.clients, ns.seconds, ns.warmup, ns.recipient))))

@@ -6,6 +6,7 @@
 # Installs the real Claude Code CLI (npm package @anthropic-ai/claude-code, pinned) so that
 # tests/claude_code.py can run it offline against tests/fake_anthropic.py.
 # Override the pin with CLAUDE_CODE_VERSION=x.y.z.
+# Also installs the distribution's chromium + chromium-driver (apt-get, as root) for tests/test_webui.py.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,6 +15,15 @@ version="${CLAUDE_CODE_VERSION:-2.1.330}"
 pkg="@anthropic-ai/claude-code"
 bin="$tools/node_modules/.bin/claude"
 pkg_json="$tools/node_modules/@anthropic-ai/claude-code/package.json"
+
+# tests/test_webui.py drives the distribution's headless Chromium through chromedriver (CI runs as root).
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+        echo "install-tools.sh: chromium + chromedriver missing (apt-get install chromium chromium-driver); the web page tests will skip" >&2
+    fi
+fi
 
 installed_version() {
     [ -f "$pkg_json" ] || return 1

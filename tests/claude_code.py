@@ -71,6 +71,7 @@ __all__ = [
     "ClaudeStream",
     "claude_binary",
     "claude_env",
+    "new_debug_file",
     "require_claude",
     "run_claude",
 ]
@@ -178,6 +179,14 @@ def _build_args(
     return args
 
 
+def new_debug_file(directory: Path) -> Path:
+    """A fresh, empty --debug-file for one run: Claude Code appends to the file it is given, so a
+    shared one would mix the logs of every run in a HOME (and a test would read an older run's)."""
+    handle, name = tempfile.mkstemp(prefix="claude-debug-", suffix=".log", dir=directory)
+    os.close(handle)
+    return Path(name)
+
+
 def _plugin_dirs(plugin_dir: Path | str | Sequence[Path | str] | None) -> list[Path | str]:
     if plugin_dir is None:
         return []
@@ -226,7 +235,7 @@ def run_claude(
         home.mkdir(parents=True, exist_ok=True)
         work = Path(cwd) if cwd is not None else home / "project"
         work.mkdir(parents=True, exist_ok=True)
-        dbg = Path(debug_file) if debug_file is not None else home / "claude-debug.log"
+        dbg = Path(debug_file) if debug_file is not None else new_debug_file(home)
         args = _build_args(
             binary,
             plugin_dirs=_plugin_dirs(plugin_dir),
@@ -302,7 +311,7 @@ class ClaudeStream:
         self.home.mkdir(parents=True, exist_ok=True)
         self.cwd = Path(cwd) if cwd is not None else self.home / "project"
         self.cwd.mkdir(parents=True, exist_ok=True)
-        self.debug_file = self.home / "claude-debug.log"
+        self.debug_file = new_debug_file(self.home)
         args = _build_args(
             binary,
             plugin_dirs=_plugin_dirs(plugin_dir),

@@ -3,37 +3,26 @@ process on a free loopback port talking to a real SQLite file."""
 
 from __future__ import annotations
 
+import _socket
+import asyncio
+import contextlib
+import errno
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from claude_mailbox.client import MailboxClient
-from claude_mailbox.errors import MailboxError
+if TYPE_CHECKING:
+    from claude_mailbox.client import MailboxClient
 
-REPO = Path(__file__).resolve().parent.parent
-DAEMON_START_TIMEOUT = 30.0
+from harness import REPO, Daemon, base_env, free_port, run_cli, start_daemon
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def base_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("CLAUDE_", "COV_"))}
-    env["CLAUDE_MAILBOX_HOME"] = str(home)
-    env["PYTHONPATH"] = str(REPO / "daemon")
-    env.update(extra)
-    return env
+__all__ = ["REPO", "Daemon", "base_env", "free_port", "run_cli", "start_daemon"]  # tests import these from here
 
 
 @pytest.fixture(autouse=True)
@@ -48,76 +37,6 @@ def mailbox_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-@dataclass
-class Daemon:
-    home: Path
-    port: int
-    args: tuple[str, ...] = ()
-    env_extra: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen[str] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def db_path(self) -> Path:
-        return self.home / "mailbox.db"
-
-    def client(self, timeout: float = 10.0) -> MailboxClient:
-        return MailboxClient(self.url, timeout=timeout)
-
-    def env(self) -> dict[str, str]:
-        return base_env(self.home, CLAUDE_MAILBOX_URL=self.url, **self.env_extra)
-
-    def start(self) -> Daemon:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "claude_mailbox", "serve", "--port", str(self.port), *self.args],
-            env=self.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + DAEMON_START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                out, err = self.process.communicate()
-                raise RuntimeError(f"daemon exited with {self.process.returncode}: {out}{err}")
-            try:
-                self.client(timeout=1.0).health()
-                return self
-            except MailboxError:
-                time.sleep(0.05)
-        raise RuntimeError("daemon did not answer /health in time")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        code = self.process.returncode
-        if self.process.stdout:
-            self.process.stdout.close()
-        if self.process.stderr:
-            self.process.stderr.close()
-        return code
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
-    def restart(self) -> Daemon:
-        self.stop()
-        return self.start()
-
-
-def start_daemon(home: Path, *args: str, port: int | None = None, **env_extra: str) -> Daemon:
-    return Daemon(home, port or free_port(), tuple(args), dict(env_extra)).start()
-
-
 @pytest.fixture
 def daemon(mailbox_home: Path) -> Iterator[Daemon]:
     running = start_daemon(mailbox_home)
@@ -127,18 +46,139 @@ def daemon(mailbox_home: Path) -> Iterator[Daemon]:
         running.stop()
 
 
-def run_cli(
-    *args: str,
-    env: dict[str, str],
-    input: str | None = None,
-    timeout: float = 30.0,
-) -> subprocess.CompletedProcess[str]:
-    """The CLI exactly as a user runs it: a separate process."""
-    return subprocess.run(
-        [sys.executable, "-m", "claude_mailbox", *args],
-        env=env,
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon for a whole module (tests keep apart by their own mailbox names); its output goes
+    to `daemon.log` in its data dir, which `.log()` reads (e.g. for tracebacks after fuzzing)."""
+    home = tmp_path_factory.mktemp("server-home")
+    running = start_daemon(home, log_path=home / "daemon.log")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def fake_claude() -> Iterator[int]:
+    """The pid of a live process standing in for Claude Code (what CLAUDE_PID carries)."""
+    from pushkit import fake_claude_process
+
+    with fake_claude_process() as pid:
+        yield pid
+
+
+# --- the in-process tier: the app factory on a loop thread, no daemon process ---------------------
+
+
+@dataclass
+class InProcessDaemon:
+    """`server.make_app(config)` served by aiohttp's TestServer (127.0.0.1, free port) on an event loop
+    in a background thread. The same `.url`/`.client()`/`.db_path` as a Daemon, so the sync test
+    helpers (rawhttp, MailboxClient, the mcp SDK client) work unchanged; it saves the ~2 s start and
+    stop of a process. For contract tests only: signals, restarts and the CLI's `serve` need a Daemon."""
+
+    home: Path
+    url: str
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "mailbox.db"
+
+    def client(self, timeout: float = 10.0) -> MailboxClient:
+        from claude_mailbox.client import MailboxClient
+
+        return MailboxClient(self.url, timeout=timeout)
+
+    def env(self) -> dict[str, str]:
+        return base_env(self.home, CLAUDE_MAILBOX_URL=self.url)
+
+
+@contextlib.contextmanager
+def in_process_daemon(home: Path, **settings: Any) -> Iterator[InProcessDaemon]:
+    from aiohttp.test_utils import TestServer
+
+    from claude_mailbox.config import Config
+    from claude_mailbox.server import make_app
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="in-process-daemon", daemon=True)
+    thread.start()
+
+    def run(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+    async def build() -> TestServer:
+        return TestServer(make_app(Config(db_path=home / "mailbox.db", **settings)), host="127.0.0.1")
+
+    test_server = run(build())
+    run(test_server.start_server())
+    try:
+        yield InProcessDaemon(home, f"http://127.0.0.1:{test_server.port}", loop)
+    finally:
+        run(test_server.close())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.fixture
+def app_server(mailbox_home: Path) -> Iterator[InProcessDaemon]:
+    """A fresh in-process app on the test's own data dir."""
+    with in_process_daemon(mailbox_home) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def app_module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessDaemon]:
+    """One in-process app for a whole module (tests keep apart by their own mailbox names)."""
+    with in_process_daemon(tmp_path_factory.mktemp("app-home")) as running:
+        yield running
+
+
+# --- the user's own daemon is out of bounds (issue 11.7) ------------------------------------------
+
+USERS_DAEMON_PORT = 37849  # the default port: a real mailbox daemon may listen there while tests run
+_LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"})
+
+
+@pytest.fixture(autouse=True)
+def never_the_users_daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail any test whose process connects to the default port: it would read or change the mail of
+    the user's running daemon. The connect is refused here too, so nothing reaches that daemon.
+    (Subprocesses get a CLAUDE_MAILBOX_HOME of their own and a daemon on a free port instead.)"""
+    attempts: list[object] = []
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def forbidden(address: object) -> bool:
+        hit = isinstance(address, tuple) and len(address) >= 2 and address[1] == USERS_DAEMON_PORT
+        if hit and str(address[0]) in _LOOPBACK_NAMES:  # type: ignore[index]
+            attempts.append(address)
+            return True
+        return False
+
+    def connect(self: socket.socket, address: object) -> None:
+        if forbidden(address):
+            raise ConnectionRefusedError(f"tests may not connect to the user's daemon port {USERS_DAEMON_PORT}")
+        real_connect(self, address)  # type: ignore[arg-type]
+
+    def connect_ex(self: socket.socket, address: object) -> int:
+        if forbidden(address):
+            return errno.ECONNREFUSED
+        return real_connect_ex(self, address)  # type: ignore[arg-type]
+
+    class RawSocket(_socket.socket):  # httpclient (the hooks' and CLI's HTTP) uses _socket directly
+        def connect(self, address: object) -> None:  # type: ignore[override]
+            if forbidden(address):
+                raise ConnectionRefusedError(f"tests may not connect to the user's daemon port {USERS_DAEMON_PORT}")
+            super().connect(address)  # type: ignore[arg-type]
+
+        def connect_ex(self, address: object) -> int:  # type: ignore[override]
+            return errno.ECONNREFUSED if forbidden(address) else super().connect_ex(address)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(_socket, "socket", RawSocket)
+    yield
+    if attempts:
+        pytest.fail(f"the test connected to the default daemon port {USERS_DAEMON_PORT}: {attempts}", pytrace=False)

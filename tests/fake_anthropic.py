@@ -213,12 +213,18 @@ class FakeAnthropic:
         with self._lock:
             return list(self._requests)
 
-    def messages_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.is_messages]
+    def mark(self) -> int:
+        """A position in the request log: pass it as ``since`` to look only at later requests
+        (one FakeAnthropic serving several Claude Code runs in a row)."""
+        with self._lock:
+            return len(self._requests)
 
-    def agent_requests(self) -> list[RecordedRequest]:
+    def messages_requests(self, since: int = 0) -> list[RecordedRequest]:
+        return [r for r in self.requests[since:] if r.is_messages]
+
+    def agent_requests(self, since: int = 0) -> list[RecordedRequest]:
         """Main-loop /v1/messages requests (those that offer tools)."""
-        return [r for r in self.requests if r.is_agent_turn]
+        return [r for r in self.requests[since:] if r.is_agent_turn]
 
     def all_text(self) -> str:
         """All text of every /v1/messages request (system prompts, messages, tool results)."""
@@ -260,13 +266,13 @@ class FakeAnthropic:
         system-reminder bodies plus mid-conversation system messages. Assert on this."""
         return "\n".join([*self.system_reminders(), *self.system_turns()])
 
-    def tool_results(self) -> list[dict[str, Any]]:
+    def tool_results(self, since: int = 0) -> list[dict[str, Any]]:
         """tool_result blocks seen in agent requests (de-duplicated by tool_use_id).
 
         Each is the raw block plus ``"text"``: its content flattened to a string.
         """
         out: dict[str, dict[str, Any]] = {}
-        for r in self.messages_requests():
+        for r in self.messages_requests(since):
             body = r.body if isinstance(r.body, dict) else {}
             for msg in body.get("messages") or []:
                 content = msg.get("content") if isinstance(msg, dict) else None

@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import tracebacks
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 TAG_PREFIX = "faultkit "
-START_TIMEOUT = 30.0
 
 # The load run measures delivery under faults, not flood protection: lift the limits.
-UNLIMITED = {"rate_limit_per_minute": 100_000_000, "max_pending_per_mailbox": 100_000_000}
+UNLIMITED = {"rate_limit_per_minute": 1_000_000, "max_pending_per_mailbox": 10_000_000}  # config.py maxima
+LOAD_LEASE_SECONDS = 2  # mail read but not acknowledged before a kill comes back this soon
 
 
 def write_config(home: Path, **settings: Any) -> Path:
@@ -40,50 +42,11 @@ def write_config(home: Path, **settings: Any) -> Path:
     return path
 
 
-def _daemon_class() -> Any:
-    from conftest import Daemon  # the tests' daemon handle; imported late: the worker must not pull in pytest
-
-    return Daemon
-
-
 def logged_daemon(home: Path, *args: str, port: int | None = None, log_path: Path | None = None) -> Any:
-    """A started daemon whose stdout and stderr go to a file (default `home/daemon.log`), so a long
-    run cannot fill a pipe and block it; `.log()` reads it afterwards (for tracebacks)."""
-    from conftest import free_port
+    """A started daemon whose output goes to a file (default `home/daemon.log`): see harness.Daemon."""
+    from harness import start_daemon
 
-    daemon_class = _daemon_class()
-    log_file = log_path or home / "daemon.log"
-
-    class LoggedDaemon(daemon_class):  # type: ignore[misc, valid-type]
-        def log(self) -> str:
-            return log_file.read_text(encoding="utf-8", errors="replace") if log_file.exists() else ""
-
-        def start(self) -> LoggedDaemon:
-            with open(log_file, "ab") as log:
-                self.process = subprocess.Popen(
-                    [sys.executable, "-m", "claude_mailbox", "serve", "--port", str(self.port), *self.args],
-                    env=self.env(),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            deadline = time.monotonic() + START_TIMEOUT
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"daemon exited with {self.process.returncode}: {self.log()[-2000:]}")
-                try:
-                    self.client(timeout=1.0).health()
-                    return self
-                except Exception:
-                    time.sleep(0.05)
-            raise RuntimeError("daemon did not answer /health in time")
-
-    return LoggedDaemon(home, port or free_port(), tuple(args), {}).start()
-
-
-def tracebacks(log: str) -> list[str]:
-    """Crash evidence in a daemon log: Python tracebacks and aiohttp's unhandled-error lines."""
-    markers = ("Traceback (most recent call last)", "Error handling request", "Unhandled exception")
-    return [line for line in log.splitlines() if any(marker in line for marker in markers)]
+    return start_daemon(home, *args, port=port, log_path=log_path or home / "daemon.log")
 
 
 # --- the client worker (its own process) -----------------------------------------------------------
@@ -118,7 +81,7 @@ def worker(url: str, name: str, peers: list[str], out: Path, stop: Path, seed: i
                         outgoing = (tag, rng.choice(peers), f"{TAG_PREFIX}{tag} " + "x" * rng.randrange(0, 300))
                     tag, to, body = outgoing
                     try:
-                        result = client.send(name, to, body)
+                        result = client.send(name, to, body, idempotency_key=tag)
                     except DaemonUnreachable as exc:
                         if "connection refused" not in exc.message:
                             outgoing = None
@@ -134,12 +97,17 @@ def worker(url: str, name: str, peers: list[str], out: Path, stop: Path, seed: i
                     else:  # a 201 whose body was cut off: the outcome is unknown to this client
                         write(unknown=tag)
                 else:
-                    result = client.check(name)
+                    # ack=manual: recorded first, then acknowledged (a kill in between: the mail comes again).
+                    result = client.check(name, manual=True)
                     if not isinstance(result, dict):
                         write(cut_check=1)
                         continue
                     for message in result["messages"]:
-                        write(recv=message["id"], tag=message["body"].split(" ", 2)[1], sender=message["from"])
+                        tag = message["body"].split(" ", 2)[1]
+                        write(recv=message["id"], tag=tag, sender=message["from"], lease=result["leaseId"])
+                    if result["leaseId"]:
+                        client.ack(name, result["leaseId"])
+                        write(acked_lease=result["leaseId"])
             except DaemonUnreachable:
                 down += 1
                 time.sleep(0.02 + rng.random() * 0.03)  # the daemon is down: retry until it is back
@@ -161,7 +129,7 @@ class LoadResult:
     unknown_stored: int = 0  # of those, how many the daemon had stored (each exactly once)
     rejected: int = 0  # sends answered with an error
     received: int = 0  # messages handed to a consumer (checks during the run + the final drain)
-    cut_deliveries: int = 0  # marked delivered, but the answer carrying them was cut off by a kill
+    cut_deliveries: int = 0  # acknowledged, but the answer to the acknowledgement was cut off by a kill
     down_retries: int = 0  # client calls that found the daemon down and retried
     lost: list[str] = field(default_factory=list)  # acknowledged sends missing from the database
     duplicated: list[str] = field(default_factory=list)  # stored twice, or received twice
@@ -204,7 +172,7 @@ def run_kill_load(
     rng = random.Random(seed)
     home = workdir / "home"
     home.mkdir(parents=True)
-    write_config(home, **UNLIMITED)
+    write_config(home, **UNLIMITED, lease_seconds=LOAD_LEASE_SECONDS)
     daemon = logged_daemon(home)
     names = [f"load-{index}" for index in range(clients)]
     workers = [_spawn_worker(daemon.url, name, names, workdir, rng.randrange(1 << 30)) for name in names]
@@ -248,11 +216,15 @@ def _drain(daemon: Any, names: list[str]) -> list[dict[str, Any]]:
     """After the run: take whatever is still pending, as one more consumer."""
     client = daemon.client(timeout=30.0)
     records = []
+    deadline = time.monotonic() + LOAD_LEASE_SECONDS + 10.0
     for name in names:
         while True:
             messages = client.check(name)["messages"]
             if not messages:
-                break
+                if not client.peek(name)["pending"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)  # held by a lease whose reader was cut off: it expires and comes back
+                continue
             records += [
                 {"recv": m["id"], "tag": m["body"].split(" ", 2)[1], "sender": m["from"], "by": name} for m in messages
             ]
@@ -265,10 +237,13 @@ def _audit(workdir: Path, db_path: Path, names: list[str], drained: list[dict[st
     unknown: set[str] = set()
     rejected: set[str] = set()
     received: list[dict[str, Any]] = []
+    acked_leases: set[str] = set()
     for name in names:
         for line in (workdir / f"{name}.jsonl").read_text(encoding="utf-8").splitlines():
             entry = json.loads(line)
-            if "ack" in entry:
+            if "acked_lease" in entry:
+                acked_leases.add(entry["acked_lease"])
+            elif "ack" in entry:
                 acked[entry["ack"]] = entry
             elif "unknown" in entry:
                 unknown.add(entry["unknown"])
@@ -278,6 +253,9 @@ def _audit(workdir: Path, db_path: Path, names: list[str], drained: list[dict[st
                 received.append({**entry, "by": name})
             elif "down" in entry:
                 result.down_retries += int(entry["down"])
+    # Only acknowledged deliveries count: a page whose acknowledgement a kill prevented comes again.
+    seen_by_a_reader = {entry["recv"] for entry in received}
+    received = [entry for entry in received if entry.get("lease") is None or entry["lease"] in acked_leases]
     received += drained
     result.acked, result.unknown, result.rejected, result.received = len(acked), len(unknown), len(rejected), 0
 
@@ -320,7 +298,11 @@ def _audit(workdir: Path, db_path: Path, names: list[str], drained: list[dict[st
     pending = [row[0] for row in rows if row[4] is None]
     if pending:
         result.problems.append(f"{len(pending)} message(s) still pending after the drain: {pending[:5]}")
-    result.cut_deliveries = sum(1 for row in rows if row[4] is not None and row[0] not in counts)
+    cut = [row[0] for row in rows if row[4] is not None and row[0] not in counts]
+    result.cut_deliveries = len(cut)
+    unseen = [message_id for message_id in cut if message_id not in seen_by_a_reader]
+    if unseen:
+        result.problems.append(f"delivered without any reader having them: {unseen[:5]}")
     result.duplicated = [f"stored twice: {tag}" for tag in stored_twice] + [
         f"received twice: #{message_id}" for message_id in received_twice
     ]

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import plugin_env
 from conftest import REPO, Daemon
 
 HOOK = REPO / "hooks" / "run"
@@ -61,19 +62,12 @@ def mail_line(sender: str, body: str) -> str:
 
 
 def hook_env(daemon: Daemon, claude_pid: int) -> dict[str, str]:
-    return {**daemon.env(), "CLAUDE_PID": str(claude_pid)}
+    return plugin_env.hook_env(daemon.env(), url=daemon.url, claude_pid=claude_pid)
 
 
-def hook(daemon: Daemon, event: str, payload: dict[str, object], claude_pid: int) -> subprocess.CompletedProcess[str]:
-    """Run the plugin's real hook launcher (`hooks/run EVENT`) with `payload` as its stdin."""
-    return subprocess.run(
-        [str(HOOK), event],
-        input=json.dumps(payload),
-        env=hook_env(daemon, claude_pid),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+def hook(daemon: Daemon, event: str, payload: dict[str, object], claude_pid: int) -> plugin_env.HookRun:
+    """Run the plugin's real hook command (hooks.json: the `hooks/run EVENT` launcher) with `payload`."""
+    return plugin_env.run_hook(event, dict(payload), hook_env(daemon, claude_pid))
 
 
 @dataclass(frozen=True)
@@ -107,10 +101,9 @@ def clear(daemon: Daemon, session: Session) -> Session:
 
 @contextlib.contextmanager
 def fake_claude_process() -> Iterator[int]:
-    """A live process standing in for Claude Code (the pid the hooks report)."""
-    process = subprocess.Popen(["sleep", "600"])
+    """A live process standing in for Claude Code (the pid the hooks report): plugin_env.FakeClaude."""
+    claude = plugin_env.FakeClaude()
     try:
-        yield process.pid
+        yield claude.pid
     finally:
-        process.kill()
-        process.wait()
+        claude.kill()

@@ -1,6 +1,7 @@
 """Worker processes for test_race.py, run as `python -m race_workers ROLE MODE TARGET WORKDIR INDEX [COUNT]`.
 
-ROLE is `consumer` or `producer`; MODE is `store` (TARGET is a database file, each process opens its
+ROLE is `consumer`, `killable` (REST, acknowledges by hand, runs until killed) or `producer`;
+MODE is `store` (TARGET is a database file, each process opens its
 own Store) or `rest` (TARGET is the daemon's URL). Coordination is through files in WORKDIR:
 `ready-consumer-N` (a consumer is looping), `producers-done` (every producer has exited), and
 `consumer-N.json` / `producer-N.json` (the message ids each one received or sent).
@@ -24,7 +25,14 @@ def _consume_function(mode: str, target: str) -> Callable[[], list[int]]:
         from claude_mailbox.store import Store
 
         store = Store(Path(target), busy_timeout_ms=60_000)
-        return lambda: [message.id for message in store.consume(INBOX).messages]
+
+        def lease_and_ack() -> list[int]:
+            lease = store.lease(INBOX, lease_seconds=60)
+            if lease.id is not None:
+                store.ack(INBOX, lease.id)
+            return [message.id for message in lease.messages]
+
+        return lease_and_ack
     from claude_mailbox.client import MailboxClient
 
     client = MailboxClient(target, timeout=30.0)
@@ -36,7 +44,7 @@ def _send_function(mode: str, target: str) -> Callable[[str, str], int]:
         from claude_mailbox.store import Store
 
         store = Store(Path(target), busy_timeout_ms=60_000)
-        return lambda sender, body: store.send(sender, INBOX, body).id
+        return lambda sender, body: store.send(sender, INBOX, body).message.id
     from claude_mailbox.client import MailboxClient
 
     client = MailboxClient(target, timeout=30.0)
@@ -78,9 +86,33 @@ def _write(path: Path, data: object) -> None:
     os.replace(temporary, path)
 
 
+def killable_consumer(url: str, workdir: Path, index: int) -> None:
+    """Read with ack=manual until killed: each page is recorded (flushed) before it is acknowledged,
+    then the acknowledgement is recorded. A kill between the two leaves a lease that expires."""
+    from claude_mailbox.client import MailboxClient
+    from claude_mailbox.errors import DaemonError
+
+    client = MailboxClient(url, timeout=30.0)
+    with (workdir / f"killable-{index}-{os.getpid()}.jsonl").open("a", encoding="utf-8", buffering=1) as record:
+        while True:
+            page = client.check(INBOX, max_chars=100, manual=True)  # small pages: many leases
+            if not page["messages"]:
+                time.sleep(0.01)
+                continue
+            record.write(json.dumps({"lease": page["leaseId"], "ids": [m["id"] for m in page["messages"]]}) + "\n")
+            time.sleep(0.03)  # "printing": a kill lands here now and then
+            try:
+                client.ack(INBOX, page["leaseId"])
+            except DaemonError:  # expired meanwhile: the mail comes again, to whoever reads next
+                continue
+            record.write(json.dumps({"acked": page["leaseId"]}) + "\n")
+
+
 def main(argv: list[str]) -> None:
     role, mode, target, workdir, index, *rest = argv
-    if role == "consumer":
+    if role == "killable":
+        killable_consumer(target, Path(workdir), int(index))
+    elif role == "consumer":
         consumer(mode, target, Path(workdir), int(index))
     else:
         producer(mode, target, Path(workdir), int(index), int(rest[0]))

@@ -28,7 +28,7 @@ import pytest
 from claude_mailbox import paths
 from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import MailboxError
-from claude_mailbox.setup import autostart
+from claude_mailbox.setup import autostart, detached, units
 from claude_mailbox.setup.autostart import InstallResult, Mechanism, State
 from conftest import REPO, free_port
 
@@ -97,7 +97,7 @@ def _directives(unit: str, key: str) -> list[str]:
 
 
 def test_systemd_unit_runs_serve_with_the_given_python() -> None:
-    unit = autostart.systemd_unit_text(PurePosixPath("/opt/venv/bin/python"), {}, PurePosixPath("/d/daemon.log"))
+    unit = units.systemd_unit_text(PurePosixPath("/opt/venv/bin/python"), {}, PurePosixPath("/d/daemon.log"))
 
     assert _directives(unit, "ExecStart") == ["/opt/venv/bin/python -m claude_mailbox serve"]
     assert _directives(unit, "Restart") == ["on-failure"]
@@ -109,7 +109,7 @@ def test_systemd_unit_runs_serve_with_the_given_python() -> None:
 
 def test_systemd_unit_quotes_paths_with_spaces_and_sets_the_home() -> None:
     env = {"CLAUDE_MAILBOX_HOME": "/home/a b/mail box"}
-    unit = autostart.systemd_unit_text(PurePosixPath("/home/a b/my venv/bin/python"), env, PurePosixPath("/l"))
+    unit = units.systemd_unit_text(PurePosixPath("/home/a b/my venv/bin/python"), env, PurePosixPath("/l"))
 
     [exec_start] = _directives(unit, "ExecStart")
     assert exec_start == '"/home/a b/my venv/bin/python" -m claude_mailbox serve'
@@ -118,7 +118,7 @@ def test_systemd_unit_quotes_paths_with_spaces_and_sets_the_home() -> None:
 
 
 def test_systemd_unit_escapes_specifiers_dollars_and_quotes() -> None:
-    unit = autostart.systemd_unit_text(
+    unit = units.systemd_unit_text(
         PurePosixPath('/x/100% "odd" $dir/python'), {"CLAUDE_MAILBOX_HOME": "/h/50%$"}, PurePosixPath("/l%")
     )
 
@@ -137,7 +137,7 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     unit_file = tmp_path / "units" / autostart.UNIT_NAME
     unit_file.parent.mkdir()
     env = {"CLAUDE_MAILBOX_HOME": str(tmp_path / "mail box")}
-    unit_file.write_text(autostart.systemd_unit_text(venv_bin / "python", env, tmp_path / "log dir" / "daemon.log"))
+    unit_file.write_text(units.systemd_unit_text(venv_bin / "python", env, tmp_path / "log dir" / "daemon.log"))
 
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(unit_file)], capture_output=True, text=True, timeout=60
@@ -152,13 +152,14 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
 
 def test_launchd_plist_round_trips() -> None:
     env = {"CLAUDE_MAILBOX_HOME": "/Users/a b/mail"}
-    data = autostart.launchd_plist_bytes(PurePosixPath("/Users/a b/venv/bin/python"), env, PurePosixPath("/m/d.log"))
+    data = units.launchd_plist_bytes(PurePosixPath("/Users/a b/venv/bin/python"), env, PurePosixPath("/m/d.log"))
 
     assert plistlib.loads(data) == {
         "Label": "dev.claude-mailbox.daemon",
         "ProgramArguments": ["/Users/a b/venv/bin/python", "-m", "claude_mailbox", "serve"],
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False},
+        "SoftResourceLimits": {"NumberOfFiles": 65536},
         "StandardOutPath": "/m/d.log",
         "StandardErrorPath": "/m/d.log",
         "EnvironmentVariables": {"CLAUDE_MAILBOX_HOME": "/Users/a b/mail"},
@@ -173,7 +174,7 @@ def test_launchd_plist_round_trips() -> None:
 def test_schtasks_xml_is_a_logon_task_running_the_launcher() -> None:
     python = PureWindowsPath(r"C:\Users\A B\venv\Scripts\pythonw.exe")
     log = PureWindowsPath(r"C:\Users\A B\.claude-mailbox\daemon.log")
-    xml = autostart.schtasks_xml(python, {"CLAUDE_MAILBOX_HOME": r"C:\mail box"}, log, user=r"PC\ab")
+    xml = units.schtasks_xml(python, {"CLAUDE_MAILBOX_HOME": r"C:\mail box"}, log, user=r"PC\ab")
 
     root = ET.fromstring(xml.encode("utf-16"))  # the bytes install() hands to schtasks /XML
 
@@ -205,7 +206,7 @@ def test_the_windows_launcher_applies_env_and_log_and_writes_the_pid_file(
     home.mkdir()
     (home / "config.toml").write_text(f"port = {port}\n")
     log = tmp_path / "launcher.log"
-    command = autostart.windows_command(PYTHON, {"CLAUDE_MAILBOX_HOME": str(home)}, log)
+    command = units.windows_command(PYTHON, {"CLAUDE_MAILBOX_HOME": str(home)}, log)
     env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
     env.pop("CLAUDE_MAILBOX_HOME")
     process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
@@ -253,7 +254,7 @@ def test_install_writes_the_unit_once_and_uninstall_removes_it(
 
     assert first == InstallResult(Mechanism.SYSTEMD, str(unit), True, first.message)
     assert "installed as a systemd user unit" in first.message and str(unit) in first.message
-    expected = autostart.systemd_unit_text(PYTHON, autostart.service_environment(PYTHON), paths.log_file())
+    expected = units.systemd_unit_text(PYTHON, detached.service_environment(PYTHON), paths.log_file())
     assert unit.read_text() == expected
     assert f"CLAUDE_MAILBOX_HOME={paths.data_dir()}" in expected
     assert ("daemon-reload",) in systemctl.calls
@@ -390,7 +391,7 @@ def test_ensure_running_starts_the_real_daemon_on_the_urls_port(port: int, mailb
 RACER = """
 import sys, time
 from pathlib import Path
-from claude_mailbox.setup import autostart
+from claude_mailbox.setup import autostart, detached, units
 
 original = autostart.start_detached
 def counted(python, extra_args=()):
@@ -446,7 +447,7 @@ def test_only_the_lock_holder_starts_a_daemon(monkeypatch: pytest.MonkeyPatch) -
         thread.join()
 
     assert results == [True] * 8
-    assert spawns == [("--port", "38123")]
+    assert spawns == [("--port", "38123", "--bind", "127.0.0.1")]
 
 
 def test_ensure_running_gives_up_after_wait(monkeypatch: pytest.MonkeyPatch) -> None:

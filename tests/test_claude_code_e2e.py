@@ -141,7 +141,9 @@ def test_resume_delivers_mail_that_arrived_while_closed(world: World) -> None:
     assert world.boxes()[name]["state"] == "ended"
     world.daemon.client().send("peer-b", name, "sent while you were away")
     world.run("back again", "--resume", session)
-    assert any("1 unread message(s)" in c for c in contexts(world.api, "SessionStart")), world.api.injected_context()
+    assert any("1 unread message for this session is waiting" in c for c in contexts(world.api, "SessionStart")), (
+        world.api.injected_context()
+    )
     assert any('"sent while you were away"' in c for c in contexts(world.api, "UserPromptSubmit"))
     assert world.daemon.client().peek(name)["pending"] == 0
     assert f"mailbox name is {name}." in world.api.injected_context()

@@ -246,3 +246,105 @@ def test_version(down_env: dict[str, str]) -> None:
 
     result = run_cli("--version", env=down_env)
     assert result.returncode == 0 and result.stdout.strip() == f"claude-mailbox {__version__}"
+
+
+# --- the HTTP client: no header or request-line smuggling, failures told apart by type (issue 9.6) ---------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Mailbox": "alice\r\nX-Mailbox: mallory"},
+        {"X-Mailbox": "alice\nHost: evil"},
+        {"X-Bad\r\nName": "x"},
+        {"X Mailbox": "x"},
+        {"X-Mailbox": "nul\x00byte"},
+    ],
+)
+def test_header_injection_is_refused_before_anything_is_sent(headers: dict[str, str]) -> None:
+    import socket
+    import threading
+
+    from claude_mailbox.errors import MailboxError
+    from claude_mailbox.httpclient import http_request
+
+    received: list[bytes] = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        server.settimeout(0.5)
+
+        def accept() -> None:
+            try:
+                conn, _ = server.accept()
+                received.append(conn.recv(4096))
+                conn.close()
+            except OSError:
+                pass
+
+        listener = threading.Thread(target=accept)
+        listener.start()
+        with pytest.raises(MailboxError, match="refusing"):
+            http_request(f"http://127.0.0.1:{server.getsockname()[1]}", "GET", "/health", headers=headers)
+        listener.join()
+    assert received == []  # nothing reached the wire
+
+
+def test_user_input_in_urls_is_quoted(daemon: Daemon) -> None:
+    """A session id with URL syntax and line breaks in it stays one query value: the daemon sees it
+    whole (and names it back), nothing is split into a second parameter or header."""
+    from claude_mailbox.errors import DaemonError
+
+    hostile = "x&name=other session\r\nX: y"
+    with pytest.raises(DaemonError) as raised:
+        daemon.client().whoami(hostile)
+    assert raised.value.http_status == 404
+    assert repr(hostile) in raised.value.message
+
+
+def test_refused_and_timed_out_are_told_apart_by_type() -> None:
+    import socket
+
+    from claude_mailbox.httpclient import ConnectionRefused, TimedOut, http_request
+
+    with pytest.raises(ConnectionRefused):
+        http_request(f"http://127.0.0.1:{free_port()}", "GET", "/health", timeout=2.0)
+    with socket.socket() as silent:  # accepts (the backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        with pytest.raises(TimedOut):
+            http_request(f"http://127.0.0.1:{silent.getsockname()[1]}", "GET", "/health", timeout=0.3)
+
+
+# --- install-autostart / uninstall-autostart (issue 11.6) ------------------------------------------------
+
+
+def test_install_and_uninstall_autostart_verbs(mailbox_home: Path, tmp_path: Path) -> None:
+    from claude_mailbox.setup import autostart
+
+    if autostart.user_systemd_available():
+        pytest.skip("a user systemd is reachable here: the verb would register a real unit")
+    url = f"http://127.0.0.1:{free_port()}"
+    env = base_env(mailbox_home, CLAUDE_MAILBOX_URL=url, HOME=str(tmp_path / "home"))
+    try:
+        installed = run_cli("install-autostart", "--json", env=env, timeout=60)
+        assert installed.returncode == 0, installed.stderr
+        data = json.loads(installed.stdout)
+        assert data["mechanism"] == "detached process with a pid file" and data["url"] == url
+        pid = int((mailbox_home / "daemon.pid").read_text())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and run_cli("peek", "--name", "x", env=env).returncode != 0:
+            time.sleep(0.2)
+        assert run_cli("peek", "--name", "x", env=env).returncode == 0  # it listens on the resolved port
+
+        again = run_cli("install-autostart", env=env, timeout=60)
+        assert again.returncode == 0 and "already running" in again.stdout
+    finally:
+        removed = run_cli("uninstall-autostart", "--purge", env=env, timeout=60)
+    assert removed.returncode == 0, removed.stderr
+    assert f"Deleted {mailbox_home}" in removed.stdout
+    assert not mailbox_home.exists()
+    import psutil
+
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    one_line_error(run_cli("peek", "--name", "x", env=env), 2)

@@ -194,3 +194,71 @@ def test_durability_reaches_the_daemon_connection(mailbox_home: Path, durability
     settings = config.load()
     assert _synchronous_of_daemon_connection(settings) == expected  # 1 = NORMAL, 2 = FULL
     assert (mailbox_home / "mailbox.db").is_file()
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("busy_timeout_ms = 2147483648\n", ["busy_timeout_ms", "between 1 and 60000", "2147483648"]),
+        ("retention_days = 1000000\n", ["retention_days", "between 1 and 36500"]),
+        ("client_timeout_seconds = 99999999\n", ["client_timeout_seconds", "between 1 and 3600"]),
+        ("max_body_bytes = 99999999999\n", ["max_body_bytes", "between 1 and"]),
+        ("max_request_bytes = 10\n", ["max_request_bytes", "between 1024 and"]),
+        ("lease_seconds = 0\n", ["lease_seconds", "between 1 and 86400"]),
+        ("max_body_bytes = 5000\nmax_request_bytes = 4096\n", ["max_body_bytes", "must not exceed max_request_bytes"]),
+    ],
+)
+def test_every_number_has_a_range_checked_at_load(mailbox_home: Path, text: str, words: list[str]) -> None:
+    path = mailbox_home / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        config.load()
+    message = caught.value.message
+    assert "\n" not in message and str(path) in message
+    for word in words:
+        assert word in message, message
+
+
+def test_every_whole_number_setting_has_a_range() -> None:
+    assert set(config.RANGES) == config._INT_KEYS
+
+
+def test_db_path_under_a_regular_file_is_named(mailbox_home: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("x", encoding="utf-8")
+    path = mailbox_home / "config.toml"
+    path.write_text(f'db_path = "{blocker / "sub" / "mailbox.db"}"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        config.load()
+    assert f"{blocker} is a file, not a directory" in caught.value.message
+    assert "Errno" not in caught.value.message
+    path.write_text(f'db_path = "{tmp_path}"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="is a directory"):
+        config.load()
+
+
+def test_write_setting_leaves_no_temporary_file(mailbox_home: Path) -> None:
+    config.write_setting("retention_days", 30)
+    assert config.load().retention_days == 30
+    assert sorted(p.name for p in mailbox_home.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_a_failing_scheduled_job_is_logged_and_retried(caplog: pytest.LogCaptureFixture) -> None:
+    from claude_mailbox import server
+
+    runs: list[int] = []
+
+    async def prune() -> None:
+        runs.append(1)
+        raise OSError(28, "No space left on device")
+
+    async def run() -> None:
+        task = asyncio.create_task(server._every(0.01, prune, first=0.0))
+        while len(runs) < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    with caplog.at_level("ERROR", logger="claude_mailbox"):
+        asyncio.run(run())
+    assert len(runs) >= 3  # the job kept its schedule after failing
+    assert "scheduled job failed" in caplog.text and "No space left on device" in caplog.text

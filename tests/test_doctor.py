@@ -26,7 +26,8 @@ import pytest
 
 from claude_mailbox import __version__
 from claude_mailbox.client import MailboxClient
-from claude_mailbox.setup import doctor, lifecycle
+from claude_mailbox.setup import doctor
+from claude_mailbox.setup import venv as managed_env
 from conftest import REPO, free_port, start_daemon
 
 RUN = REPO / "hooks" / "run"
@@ -178,9 +179,9 @@ def test_doctor_sets_everything_up_then_changes_nothing(plugin: Plugin) -> None:
     # The managed environment: self-contained, the plugin's version, importable daemon.
     config = (plugin.venv / "pyvenv.cfg").read_text()
     assert "include-system-site-packages = false" in config
-    assert lifecycle.installed_version(plugin.venv) == __version__
-    report = lifecycle.probe(plugin.venv / "bin" / "python")
-    assert lifecycle.probe_problem(report, __version__) is None, report
+    assert managed_env.installed_version(plugin.venv) == __version__
+    report = managed_env.probe(plugin.venv / "bin" / "python")
+    assert managed_env.probe_problem(report, __version__) is None, report
     assert str(report["file"]).startswith(str(plugin.venv)), report
 
     # The daemon: healthy at the configured port, this version, run by the managed interpreter.
@@ -353,3 +354,48 @@ def test_a_too_old_python_is_named_with_what_to_install(tmp_path: Path) -> None:
     assert "is older than 3.11, and no usable python3.11+ is on PATH" in result.stdout
     assert "fix: install Python 3.11 or newer" in result.stdout
     assert not (tmp_path / "plugin" / "venv").exists()
+
+
+# --- another program on the daemon's port (issue 11.3) ----------------------------------------------
+
+
+def test_status_and_the_doctor_name_another_program_on_the_port(mailbox_home: Path) -> None:
+    """A plain socket server (not claude-mailbox) holds the port: status and the doctor name the port,
+    the holder's pid and name, and how to move the mailbox; the doctor starts nothing there."""
+    import socket
+
+    from conftest import base_env, run_cli
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen(8)
+        port = other.getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        me = psutil.Process()
+
+        shown = run_cli("status", "--json", env=base_env(mailbox_home, CLAUDE_MAILBOX_URL=url))
+        assert shown.returncode == 2
+        holder = json.loads(shown.stdout)["portHolder"]
+        assert f"port {port} is held by another program (pid {me.pid}, {json.dumps(me.name())})" in holder
+        assert "not claude-mailbox" in holder and "CLAUDE_MAILBOX_URL=http://127.0.0.1:N" in holder
+        text = run_cli("status", env=base_env(mailbox_home, CLAUDE_MAILBOX_URL=url)).stdout
+        assert f"daemon     Stopped  port {port} is held by another program (pid {me.pid}" in text
+
+        checkup = doctor.Doctor(yes=True, as_json=True, url=url)
+        checkup.own_install = Path(sys.executable)
+        check = checkup.check_autostart()
+        assert check.status == "failed" and check.summary == holder
+        assert not (mailbox_home / "daemon.pid").exists()  # nothing was started on a held port
+
+
+def test_a_free_port_or_our_own_daemon_is_not_reported_as_held(mailbox_home: Path) -> None:
+    from claude_mailbox import portholder
+
+    assert portholder.describe(f"http://127.0.0.1:{free_port()}") is None
+    running = start_daemon(mailbox_home)
+    try:
+        assert portholder.describe(running.url) is None
+        found = portholder.holder(running.port)
+        assert found is not None and found[0] == running.process.pid and found[2]  # type: ignore[union-attr]
+    finally:
+        running.stop()

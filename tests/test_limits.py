@@ -223,3 +223,35 @@ def test_retention_days_prunes_old_delivered_mail_soon_after_start(mailbox_home:
     finally:
         daemon.stop()
     assert tracebacks(daemon.log()) == []
+
+
+def test_daemon_lifts_its_open_file_soft_limit_to_the_hard_one(tmp_path: Path) -> None:
+    import resource
+    import subprocess
+    import sys
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(256, hard)
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+
+    code = (
+        "import resource; from claude_mailbox import server; "
+        "before = resource.getrlimit(resource.RLIMIT_NOFILE)[0]; server.raise_open_file_limit(); "
+        "print(before, *resource.getrlimit(resource.RLIMIT_NOFILE))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], preexec_fn=lower, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == [str(low), str(hard), str(hard)]
+
+
+def test_service_definitions_raise_the_open_file_limit() -> None:
+    from pathlib import PurePath
+
+    from claude_mailbox.setup import units
+
+    assert "LimitNOFILE=65536" in units.systemd_unit_text(PurePath("/usr/bin/python3"), {}, PurePath("/tmp/log"))
+    plist = units.launchd_plist_bytes(PurePath("/usr/bin/python3"), {}, PurePath("/tmp/log"))
+    assert b"<key>NumberOfFiles</key>" in plist and b"<integer>65536</integer>" in plist

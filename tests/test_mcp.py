@@ -9,7 +9,7 @@ import itertools
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import mcp
@@ -17,21 +17,12 @@ import pytest
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from conftest import Daemon, start_daemon
+from conftest import Daemon
 from rawhttp import peek, request, send
 
 T = TypeVar("T")
 MODES = ["auto", "legacy"]
 TOOL_NAMES = {"send", "check_inbox", "peek_inbox", "list_mailboxes"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    running = start_daemon(tmp_path_factory.mktemp("mcp-home"))
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 _counter = itertools.count()
@@ -108,7 +99,7 @@ def test_tools_are_listed_with_annotations(server: Daemon, mode: str) -> None:
     assert tools["send"].annotations.read_only_hint is False  # type: ignore[union-attr]
     assert tools["send"].annotations.idempotent_hint is False  # type: ignore[union-attr]
     assert set(tools["send"].input_schema["required"]) == {"to", "body"}
-    assert set(tools["send"].input_schema["properties"]) == {"to", "body", "from"}
+    assert set(tools["send"].input_schema["properties"]) == {"to", "body", "from", "idempotencyKey"}
     for name in ("check_inbox", "peek_inbox", "list_mailboxes"):
         assert set(tools[name].input_schema["properties"]) == {"name"}
         assert not tools[name].input_schema.get("required")
@@ -152,7 +143,7 @@ def test_send_peek_check_list_end_to_end(server: Daemon, mode: str) -> None:
         listed = ok(await client.call_tool("list_mailboxes", {"name": bob}))
         assert listed["pendingForYou"] == 0
 
-    with_client(server, mode, body)
+    with_client(server, mode, body, headers={"X-Mailbox": bob})  # only bob may read bob's inbox
     assert peek(server.url, bob) == {"pending": 0, "oldestAt": None}
 
 
@@ -160,7 +151,7 @@ def test_send_peek_check_list_end_to_end(server: Daemon, mode: str) -> None:
 def test_mcp_and_rest_share_one_store(server: Daemon, mode: str) -> None:
     alice, bob = unique("alice"), unique("bob")
     assert send(server.url, alice, bob, "via REST").status == 201
-    checked = with_client(server, mode, lambda c: c.call_tool("check_inbox", {"name": bob}))
+    checked = with_client(server, mode, lambda c: c.call_tool("check_inbox", {"name": bob}), {"X-Mailbox": bob})
     assert [(m["from"], m["body"]) for m in ok(checked)["messages"]] == [(alice, "via REST")]
     with_client(server, mode, lambda c: c.call_tool("send", {"to": alice, "body": "via MCP", "from": bob}))
     assert peek(server.url, alice)["pending"] == 1
@@ -195,9 +186,26 @@ def test_explicit_argument_beats_the_header(server: Daemon, mode: str) -> None:
         assert ok(await client.call_tool("send", {"to": peer, "body": "x", "from": explicit}))["from"] == explicit
         assert ok(await client.call_tool("peek_inbox", {"name": peer}))["name"] == peer
         assert ok(await client.call_tool("list_mailboxes", {"name": explicit}))["you"] == explicit
-        assert ok(await client.call_tool("check_inbox", {"name": peer}))["name"] == peer
+        assert ok(await client.call_tool("check_inbox", {"name": header}))["name"] == header
 
     with_client(server, mode, body, headers={"X-Mailbox": header})
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_check_inbox_of_another_mailbox_is_refused_as_on_rest(server: Daemon, mode: str) -> None:
+    """Issue 12.1: reading (consuming) is for the inbox's owner only, on MCP as on REST."""
+    me, victim = unique("me"), unique("victim")
+    assert send(server.url, me, victim, "private").status == 201
+    rest = request(server.url, "POST", f"/v1/check-inbox?name={victim}", headers={"X-Mailbox": me})
+    assert rest.status == 403
+
+    async def body(client: mcp.Client) -> str:
+        return tool_error(await client.call_tool("check_inbox", {"name": victim}))
+
+    assert victim in with_client(server, mode, body, headers={"X-Mailbox": me})
+    anonymous = with_client(server, mode, body)
+    assert anonymous == _rest_error(request(server.url, "POST", f"/v1/check-inbox?name={victim}"))
+    assert peek(server.url, victim)["pending"] == 1  # nothing was consumed
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -243,6 +251,22 @@ def test_tool_errors_use_the_same_words_as_rest(server: Daemon, mode: str) -> No
 
     with_client(server, mode, body)
     assert peek(server.url, bob)["pending"] == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_unknown_arguments_are_refused_in_rest_words(server: Daemon, mode: str) -> None:
+    """The tools' `additionalProperties: false` is enforced, with the words REST uses for the same input."""
+    alice, bob = unique("alice"), unique("bob")
+    extra = {"to": bob, "body": "x", "from": alice, "cc": "carol"}
+    rest = _rest_error(request(server.url, "POST", "/v1/send", json_body=extra))
+
+    async def body(client: mcp.Client) -> None:
+        assert tool_error(await client.call_tool("send", extra)) == rest == "unknown field(s): cc"
+        refused = tool_error(await client.call_tool("peek_inbox", {"name": bob, "all": True}))
+        assert refused == "unknown field(s): all"
+
+    with_client(server, mode, body)
+    assert peek(server.url, bob)["pending"] == 0  # nothing was sent
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -4,8 +4,11 @@ shapes, the one error shape for every failure, and the requests old clients send
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,16 +21,6 @@ from rawhttp import Reply, check, peek, request, send
 
 ISO_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One daemon for the module; tests keep apart by using their own mailbox names."""
-    running = start_daemon(tmp_path_factory.mktemp("rest-home"))
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -444,7 +437,8 @@ def test_repeated_query_parameter(url: str, name: Callable[[str], str]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "path"), [("GET", "/nope"), ("GET", "/v1/nope"), ("POST", "/v2/send"), ("GET", "/")]
+    ("method", "path"),
+    [("GET", "/nope"), ("GET", "/v1/nope"), ("POST", "/v2/send"), ("GET", "/static/nope.js")],  # GET /: the page
 )
 def test_unknown_route_is_404(url: str, method: str, path: str) -> None:
     assert_error(request(url, method, path), 404, "not_found", path)
@@ -504,3 +498,98 @@ def test_old_client_request_shapes_keep_working(url: str, name: Callable[[str], 
     send(url, alice, bob, "fourth")
     reply = request(url, "POST", f"/v1/check-inbox?name={bob}", json_body={}, headers={"X-Mailbox": bob})
     assert [m["body"] for m in reply.json["messages"]] == ["fourth"]
+
+
+# --- owner rules (issue 12.1): a session is acted on only by its own Claude Code -----------------
+
+
+@pytest.fixture
+def other_claude() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process standing in for a second Claude Code (its pid is what hooks would send)."""
+    process = subprocess.Popen(["sleep", "120"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _start(url: str, session_id: str, pid: int, source: str = "startup") -> Reply:
+    hook = {"session_id": session_id, "hook_event_name": "SessionStart", "source": source, "cwd": "/tmp"}
+    return request(url, "POST", "/v1/hooks/session-start", json_body=hook, headers={"X-Mailbox-Claude-Pid": str(pid)})
+
+
+def _end(url: str, session_id: str, headers: dict[str, str]) -> Reply:
+    hook = {"session_id": session_id, "hook_event_name": "SessionEnd", "reason": "other"}
+    return request(url, "POST", "/v1/hooks/session-end", json_body=hook, headers=headers)
+
+
+def _mailbox_of(url: str, session_id: str) -> str:
+    return str(request(url, "GET", f"/v1/whoami?session={session_id}").json["name"])
+
+
+def test_session_end_comes_only_from_the_sessions_own_process(url: str, other_claude: subprocess.Popen[bytes]) -> None:
+    session_id = str(uuid.uuid4())
+    assert _start(url, session_id, other_claude.pid).status == 200
+    mailbox = _mailbox_of(url, session_id)
+    for headers in ({}, {"X-Mailbox-Claude-Pid": str(os.getpid())}):
+        refused = _end(url, session_id, headers)
+        assert refused.status == 403 and refused.error()["code"] == "identity_mismatch", refused.body
+    assert _state(url, mailbox) == "alive"
+    assert _end(url, session_id, {"X-Mailbox-Claude-Pid": str(other_claude.pid)}).status == 200
+    assert _state(url, mailbox) == "ended"
+
+
+def test_a_running_session_is_not_taken_over_by_another_process(
+    url: str, other_claude: subprocess.Popen[bytes]
+) -> None:
+    """Refused (403), not ignored: the second process learns its SessionStart did not register."""
+    session_id = str(uuid.uuid4())
+    assert _start(url, session_id, other_claude.pid).status == 200
+    taken = _start(url, session_id, os.getpid(), source="resume")
+    assert taken.status == 403 and "another running Claude Code" in taken.error()["message"]
+    assert _start(url, session_id, other_claude.pid, source="resume").status == 200  # its own resume is fine
+    other_claude.kill()
+    other_claude.wait()
+    assert _start(url, session_id, os.getpid(), source="resume").status == 200  # the owner is gone: resumable
+
+
+def test_clear_moves_mail_only_from_a_live_process_of_the_same_pid(
+    url: str, other_claude: subprocess.Popen[bytes]
+) -> None:
+    first, second, third = (str(uuid.uuid4()) for _ in range(3))
+    assert _start(url, first, other_claude.pid).status == 200
+    old = _mailbox_of(url, first)
+    assert send(url, "someone", old, "before /clear").status == 201
+    assert _start(url, second, other_claude.pid, source="clear").status == 200
+    new = _mailbox_of(url, second)
+    assert peek(url, new)["pending"] == 1 and peek(url, old)["pending"] == 0  # moved: same live process
+    assert send(url, "someone", new, "after /clear").status == 201
+    other_claude.kill()
+    other_claude.wait()
+    # A dead pid (reused by some later process, or forged) takes nothing over.
+    assert _start(url, third, other_claude.pid, source="clear").status == 200
+    assert peek(url, new)["pending"] == 2 and peek(url, _mailbox_of(url, third))["pending"] == 0
+
+
+def test_collaborate_is_switched_only_by_the_sessions_owner(url: str, other_claude: subprocess.Popen[bytes]) -> None:
+    session_id = str(uuid.uuid4())
+    assert _start(url, session_id, other_claude.pid).status == 200
+    mailbox = _mailbox_of(url, session_id)
+    on = {"name": mailbox, "on": True}
+    for headers in ({}, {"X-Mailbox": "intruder"}, {"X-Mailbox-Claude-Pid": str(os.getpid())}):
+        refused = request(url, "POST", "/v1/collaborate", json_body=on, headers=headers)
+        assert refused.status == 403 and refused.error()["code"] == "identity_mismatch", refused.body
+    assert request(url, "GET", f"/v1/collaborate?name={mailbox}").json["collaborating"] is False
+    by_pid = request(
+        url, "POST", "/v1/collaborate", json_body=on, headers={"X-Mailbox-Claude-Pid": str(other_claude.pid)}
+    )
+    assert by_pid.status == 200 and by_pid.json["collaborating"] is True
+    off = {"name": mailbox, "on": False}
+    by_name = request(url, "POST", "/v1/collaborate", json_body=off, headers={"X-Mailbox": mailbox})
+    assert by_name.status == 200 and by_name.json["collaborating"] is False
+
+
+def _state(url: str, mailbox: str) -> str:
+    boxes = {box["name"]: box for box in request(url, "GET", "/v1/list").json["mailboxes"]}
+    return str(boxes[mailbox]["state"])

@@ -7,12 +7,12 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, base_env, free_port, start_daemon
+from conftest import Daemon, base_env, free_port
+from harness import run_cli
 from rawhttp import check, peek, request, send
 
 _counter = itertools.count()
@@ -20,15 +20,6 @@ _counter = itertools.count()
 
 def unique(label: str) -> str:
     return f"{label}-{next(_counter)}"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    running = start_daemon(tmp_path_factory.mktemp("security-home"))
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 FOREIGN_ORIGINS = [
@@ -249,3 +240,27 @@ def test_non_loopback_bind_in_config_is_refused(mailbox_home: Path) -> None:
     assert result.returncode == 1
     assert "refusing to bind 0.0.0.0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- CLI output escapes what other processes control (issue 12.4) ------------------------------------
+
+HOSTILE_CWD = "/tmp/proj\nFAKE-ROW alive 0 pending\x1b[31m\u202etxt.exe\u2028\ufeff"
+
+
+def test_cli_list_escapes_a_hostile_project_dir(daemon: Daemon) -> None:
+    session = unique("hostile-session")
+    reply = request(
+        daemon.url,
+        "POST",
+        "/v1/hooks/session-start",
+        json_body={"session_id": session, "hook_event_name": "SessionStart", "cwd": HOSTILE_CWD},
+    )
+    assert reply.status == 200, reply.body
+    for json_flag in ((), ("--json",)):
+        result = run_cli("list", *json_flag, "--url", daemon.url, env=daemon.env())
+        assert result.returncode == 0, result.stderr
+        for raw in ("\x1b", "\u202e", "\u2028", "\ufeff"):
+            assert raw not in result.stdout, (json_flag, result.stdout)
+        assert "\\u202e" in result.stdout and "\\u001b" in result.stdout
+        # the newline inside the path stays escaped: no line of the table starts with the fake row
+        assert not any(line.startswith("FAKE-ROW") for line in result.stdout.splitlines())

@@ -397,3 +397,49 @@ def test_bad_port_flag_is_a_clear_error(mailbox_home: Path) -> None:
     assert result.returncode == 1
     assert "port must be between 0 and 65535" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- listen first (issue 11.1) --------------------------------------------------------------------
+
+
+def test_a_connection_made_while_the_daemon_loads_waits_and_is_answered(mailbox_home: Path) -> None:
+    """The port accepts connections before aiohttp is even imported; a request sent on such an early
+    connection is answered once the app is ready, and no connection attempt is refused after that."""
+    port = free_port()
+    process = serve_process(mailbox_home, "--port", str(port))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, "serve never listened"
+            try:
+                early = socket.create_connection(("127.0.0.1", port), timeout=30)
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.002)
+        maps = Path(f"/proc/{process.pid}/maps")
+        if maps.exists():  # Linux: aiohttp's C parser is not loaded yet when the port already listens
+            assert "aiohttp" not in maps.read_text(), "the port listened only after aiohttp was imported"
+        with early:
+            early.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := early.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), answer
+        assert json.loads(body)["port"] == port
+    finally:
+        stop(process)
+
+
+def test_port_zero_reports_the_bound_port(mailbox_home: Path) -> None:
+    process = serve_process(mailbox_home, "--port", "0")
+    try:
+        line = process.stdout.readline() if process.stdout else ""
+        url = line.split(" listening on ", 1)[1].split()[0]
+        port = int(url.rsplit(":", 1)[1])
+        assert port != 0
+        health = MailboxClient(url, timeout=5).health()
+        assert health["port"] == port, health
+        assert (mailbox_home / "daemon.url").read_text() == url
+    finally:
+        stop(process)

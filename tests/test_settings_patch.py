@@ -294,7 +294,7 @@ def test_installed_commands_work_as_hooks(tmp_path: Path, daemon: Daemon) -> Non
     assert start.returncode == 0, start.stderr
     context = json.loads(start.stdout)["hookSpecificOutput"]["additionalContext"]
     assert "mailbox name is alice." in context
-    assert "1 unread message(s)" in context
+    assert "1 unread message for this session is waiting" in context
     assert "claude-mailbox send --from alice" in context  # no plugin: no plugin tool name
     assert "mcp__plugin_" not in context and "/claude-mailbox:" not in context
 

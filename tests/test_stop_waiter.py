@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,12 +29,6 @@ from pushkit import (
     wait_until,
     wait_waiters,
 )
-
-
-@pytest.fixture
-def fake_claude() -> Iterator[int]:
-    with fake_claude_process() as pid:
-        yield pid
 
 
 @pytest.fixture

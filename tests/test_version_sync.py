@@ -30,6 +30,7 @@ from claude_code import require_claude
 from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import MailboxError
 from claude_mailbox.setup import lifecycle
+from claude_mailbox.setup import venv as managed_env
 from conftest import REPO, Daemon, free_port
 from test_doctor import plugin_env, stdlib_only_python
 
@@ -148,8 +149,8 @@ def old_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     each test's plugin data dir: the environment does not refer to the tree it was installed from."""
     tmp = tmp_path_factory.mktemp("old-venv")
     venv = tmp / "venv"
-    lifecycle.create_venv(Path(getattr(sys, "_base_executable", sys.executable)), venv)
-    lifecycle.pip_install(venv / "bin" / "python", plugin_tree(tmp / "plugin", OLD), first=True)
+    managed_env.create_venv(Path(getattr(sys, "_base_executable", sys.executable)), venv)
+    managed_env.pip_install(venv / "bin" / "python", plugin_tree(tmp / "plugin", OLD), first=True)
     return venv
 
 
@@ -160,7 +161,7 @@ def install_old(machine: Machine, root: Path, venv: Path) -> int:
     assert "  ok      daemon " in doctor.stdout, doctor.stdout  # the copied environment is accepted
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert machine.client().health()["version"] == OLD
-    assert lifecycle.installed_version(machine.data / "venv") == OLD
+    assert managed_env.installed_version(machine.data / "venv") == OLD
     pid = machine.daemon_pid()
     assert pid is not None
     return pid
@@ -224,7 +225,7 @@ def test_a_newer_plugins_session_start_updates_the_daemon_and_loses_no_mail(mach
     assert elapsed < 50, elapsed  # inside the SessionStart hook's 60 s budget
     # The environment and the daemon are the new version; the daemon was restarted by autostart.
     assert client.health()["version"] == NEW
-    assert lifecycle.installed_version(machine.data / "venv") == NEW
+    assert managed_env.installed_version(machine.data / "venv") == NEW
     new_pid = machine.daemon_pid()
     assert new_pid is not None and new_pid != old_pid and gone(old_pid)
     assert psutil.Process(new_pid).cmdline()[0] == str(machine.data / "venv" / "bin" / "python")
@@ -250,7 +251,7 @@ def test_a_newer_plugins_session_start_updates_the_daemon_and_loses_no_mail(mach
     again = context(machine.hook(old_root, "session-start", str(uuid.uuid4()), source="clear"))
     assert "mailbox daemon updated" not in again
     assert client.health()["version"] == NEW
-    assert lifecycle.installed_version(machine.data / "venv") == NEW
+    assert managed_env.installed_version(machine.data / "venv") == NEW
     assert machine.daemon_pid() == new_pid
 
     # A second SessionStart of the new plugin has nothing left to do.
@@ -279,7 +280,7 @@ def test_with_the_daemon_down_session_start_updates_the_environment_before_start
     assert text.splitlines()[0] == f"mailbox daemon updated {OLD} -> {NEW}", text
     assert f"mailbox name is claude-{session[:8]}." in text
     assert machine.client().health()["version"] == NEW
-    assert lifecycle.installed_version(machine.data / "venv") == NEW
+    assert managed_env.installed_version(machine.data / "venv") == NEW
     assert [m["body"] for m in machine.client().check("peer-a")["messages"]] == ["sent before the reboot"]
 
 
@@ -301,7 +302,7 @@ def test_a_failed_reinstall_keeps_the_old_daemon_running(machine: Machine, old_v
     assert f"mailbox name is claude-{session[:8]}." in text  # the session started normally
     assert machine.client().health()["version"] == OLD
     assert machine.daemon_pid() == old_pid
-    assert lifecycle.installed_version(machine.data / "venv") == OLD
+    assert managed_env.installed_version(machine.data / "venv") == OLD
     assert [m["body"] for m in machine.client().check("peer-a")["messages"]] == ["kept"]
 
 

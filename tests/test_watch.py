@@ -7,15 +7,13 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, base_env, free_port, run_cli
+from conftest import Daemon, InProcessDaemon, base_env, free_port, run_cli, start_daemon
 from pushkit import (
     clear,
-    fake_claude_process,
     finish,
     kill,
     mail_line,
@@ -28,9 +26,10 @@ from pushkit import (
 
 
 @pytest.fixture
-def fake_claude() -> Iterator[int]:
-    with fake_claude_process() as pid:
-        yield pid
+def daemon(app_server: InProcessDaemon) -> InProcessDaemon:
+    """The watch contract needs no daemon process: the in-process app (the CLI still runs as a
+    process). The test that stops the daemon mid-wait starts a real one."""
+    return app_server
 
 
 # --- the contract --------------------------------------------------------------------------------
@@ -102,7 +101,8 @@ def test_daemon_unreachable_exits_2(mailbox_home: Path) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-def test_daemon_gone_mid_wait_exits_2(daemon: Daemon, sig: signal.Signals) -> None:
+def test_daemon_gone_mid_wait_exits_2(mailbox_home: Path, sig: signal.Signals) -> None:
+    daemon = start_daemon(mailbox_home)
     watcher = start_watch(daemon, "bob", timeout=60)
     wait_waiters(daemon, 1)
     started = time.monotonic()

@@ -14,8 +14,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote
 
-from claude_mailbox import __version__, locate, paths
+from claude_mailbox import __version__, locate, paths, textsafe
 from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import DaemonUnreachable, InvalidInput, MailboxError
 
@@ -28,6 +29,7 @@ then config.toml, then http://127.0.0.1:37849)."""
 VERB_EXITS = "exit codes: 0 ok, 1 error (a one-line message on stderr says which), 2 daemon unreachable."
 HOOK_EXITS = "exit code: always 0 (a hook must never break the Claude Code session); prints nothing on failure."
 LOCAL_EXITS = "exit codes: 0 ok, 1 error (a one-line message on stderr says which). Does not need the daemon."
+SETUP_EXITS = "exit codes: 0 ok, 1 error (a one-line message on stderr says which)."
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -40,48 +42,29 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def default_url() -> str:
-    """--url default: $CLAUDE_MAILBOX_URL, else the running daemon's address, else the configured
-    bind/port, else the built-in default."""
-    known = os.environ.get("CLAUDE_MAILBOX_URL") or locate.running_daemon_url()
-    if known:
-        return known
-    if paths.config_path().is_file() or paths.legacy_config_path().is_file():
-        from claude_mailbox import config
-
-        try:
-            return config.load().url.replace("://0.0.0.0:", "://127.0.0.1:")
-        except MailboxError:
-            pass  # a broken config is reported by the verbs that need it, not by every call
-    return paths.DEFAULT_URL
-
-
 def client(args: argparse.Namespace, timeout: float = 5.0) -> MailboxClient:
-    return MailboxClient(args.url or default_url(), timeout=timeout)
+    return MailboxClient(locate.daemon_url(args.url), timeout=timeout)
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False) if getattr(args, "json", False) else text)
-
-
-# Characters some terminals and tools show as a line break (NEL, U+2028, U+2029) or that reorder the
-# text around them (bidi controls): printed escaped, like JSON escapes control characters.
-_LOOKALIKE_ESCAPES = {
-    code: f"\\u{code:04x}"
-    for code in (0x85, 0x2028, 0x2029, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
-}
+    """Fields in `data` come from other processes (names, project dirs): a control character, bidi
+    override or line separator in one is printed escaped, never acted on by the terminal."""
+    if getattr(args, "json", False):
+        print(textsafe.dumps(data, indent=2))
+    else:
+        print("\n".join(textsafe.clean(line) for line in text.split("\n")))
 
 
 def quoted(body: str) -> str:
     """Bodies are printed as JSON strings: a body cannot fake a second message or sender line."""
-    return json.dumps(body, ensure_ascii=False).translate(_LOOKALIKE_ESCAPES)
+    return textsafe.quote(body)
 
 
 # --- verbs -------------------------------------------------------------------------------------
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from claude_mailbox import config, server
+    from claude_mailbox import config, listen
 
     settings = config.with_overrides(
         config.load(Path(args.config) if args.config else None),
@@ -89,7 +72,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bind=args.bind,
         db_path=Path(args.db_path).expanduser() if args.db_path else None,
     )
-    code = server.run(settings)
+    # Listen before importing aiohttp, mcp and apsw: a client that connects while they load (Claude
+    # Code's MCP connection during a lazy start) waits in the backlog instead of being refused.
+    sock = listen.listen(settings)
+    from claude_mailbox import server
+
+    code = server.run(settings, sock)
     # The database and the URL file are closed by now. Skip the interpreter's module-by-module teardown
     # of mcp, pydantic and aiohttp: it took 0.15-0.9 s on every stop and restart (bench/daemon.py).
     import logging
@@ -123,12 +111,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     from claude_mailbox import identity
 
     identity.validate_name(args.name, "--name")  # the daemon would blame the X-Mailbox header
-    result = client(args).check(args.name)
-    lines = [
-        f"Message #{m['id']} from {m['from']} at {m['createdAt']}: {quoted(m['body'])}" for m in result["messages"]
-    ]
-    emit(args, result, "\n".join(lines) if lines else f"{args.name}: no new mail")
-    return EXIT_OK
+    mailbox_client = client(args)
+    first = True
+    while True:  # page by page (each answer is bounded by the daemon's max_response_bytes)
+        result = mailbox_client.check(args.name, manual=True)
+        lease = result.pop("leaseId", None)
+        result.pop("leaseExpiresAt", None)
+        lines = [
+            f"Message #{m['id']} from {m['from']} at {m['createdAt']}: {quoted(m['body'])}" for m in result["messages"]
+        ]
+        if lines or first:
+            emit(args, result, "\n".join(lines) if lines else f"{args.name}: no new mail")
+            sys.stdout.flush()
+        if lease:
+            mailbox_client.ack(args.name, lease)  # only once the page is out: a killed check loses nothing
+        first = False
+        if not result["messages"] or not result["remaining"]:
+            return EXIT_OK
 
 
 def _check_as_hook(args: argparse.Namespace) -> int:
@@ -165,11 +164,13 @@ def _relay_hook(event: str, data: bytes, args: argparse.Namespace) -> int:
     from claude_mailbox import hookrelay
 
     try:
-        _, stream, text = hookrelay.run(event, data, url=args.url or default_url(), mailbox=args.name)
+        _, stream, text = hookrelay.run(event, data, url=args.url, mailbox=args.name)
     except Exception:  # a hook must never break the Claude Code session
         return EXIT_OK
     if text:
-        print(text, file=sys.stderr if stream == "stderr" else sys.stdout)
+        out = sys.stderr if stream == "stderr" else sys.stdout
+        print(text, file=out, flush=True)
+        hookrelay.acknowledge()
     return EXIT_OK
 
 
@@ -178,7 +179,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows = [
         f"{box['name']:<32} {box['state']:<7} {box['pending']:>5} pending  last seen {box['lastSeen']}"
         + (f"  -> {box['aliasOf']}" if box.get("aliasOf") else "")
-        + (f"  {box['projectDir']}" if box.get("projectDir") else "")
+        + (f"  {textsafe.clean(box['projectDir'])}" if box.get("projectDir") else "")  # a newline stays one row
         for box in result["mailboxes"]
     ]
     emit(args, result, "\n".join(rows) if rows else "no mailboxes yet")
@@ -190,7 +191,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     mailboxes with pending counts and liveness (status.py). Exit 2 when the daemon is down."""
     from claude_mailbox.setup import status
 
-    data = status.gather(args.url or default_url(), getattr(args, "session", None) or session_id_from_env())
+    data = status.gather(args.url, getattr(args, "session", None) or session_id_from_env())
     emit(args, data, status.render(data))
     return EXIT_OK if data["state"] == "Running" else EXIT_UNREACHABLE
 
@@ -201,12 +202,32 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor.main(yes=args.yes, as_json=args.json, prefix=args.prefix, url=args.url, resume=args.resume)
 
 
+def cmd_install_autostart(args: argparse.Namespace) -> int:
+    """Register the daemon with the service manager (or start it detached where there is none) on
+    the resolved address."""
+    from claude_mailbox.setup import autostart
+
+    url = locate.daemon_url(args.url)
+    result = autostart.install(autostart.default_python(), url)
+    data = {"mechanism": result.mechanism.value, "location": result.location, "changed": result.changed, "url": url}
+    emit(args, data, result.message)
+    return EXIT_OK
+
+
+def cmd_uninstall_autostart(args: argparse.Namespace) -> int:
+    from claude_mailbox.setup import autostart
+
+    message = autostart.uninstall(purge=args.purge)
+    emit(args, {"message": message, "purged": args.purge}, message)
+    return EXIT_OK
+
+
 def cmd_update(args: argparse.Namespace) -> int:
     """The version sync on demand (after `claude plugin update`): see lifecycle.update."""
     from claude_mailbox.setup import lifecycle
 
     result = lifecycle.update(Path(args.root) if args.root else None, args.url, pull=args.pull)
-    emit(args, result, result["message"])
+    emit(args, result, str(result["message"]))
     return EXIT_OK if result["ok"] else EXIT_ERROR
 
 
@@ -222,7 +243,7 @@ def current_mailbox(args: argparse.Namespace) -> str:
     if not session_id:
         raise InvalidInput("no Claude Code session here: pass --session ID (or run this inside Claude Code)")
     try:
-        return str(client(args, timeout=2.0).call("GET", f"/v1/whoami?session={session_id}")["name"])
+        return client(args, timeout=2.0).whoami(session_id)
     except DaemonUnreachable:
         raise
     except MailboxError:
@@ -277,10 +298,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if not args.block:
         raise InvalidInput("watch needs --block (it waits for exactly one event and exits)")
     mailbox_client = client(args)
-    result = mailbox_client.watch(args.name, args.timeout)  # DaemonUnreachable: one stderr line, exit 2
+    # DaemonUnreachable: one stderr line, exit 2
+    result = mailbox_client.watch(args.name, args.timeout, manual=True)
     if result["event"] == "mail":
         for message in result["messages"]:
-            print(f"[Claude-Mailbox] Mail from {message['from']}: {quoted(message['body'])}")
+            print(f"[Claude-Mailbox] Mail from {textsafe.clean(message['from'])}: {quoted(message['body'])}")
+        sys.stdout.flush()
+        if result.get("leaseId"):
+            mailbox_client.ack(args.name, result["leaseId"])  # printed first: a killed watcher loses nothing
         return EXIT_OK
     if result["event"] == "renamed":
         print(f"[Claude-Mailbox] Mailbox renamed to '{result['newName']}'")
@@ -290,13 +315,68 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return EXIT_TIMEOUT
 
 
+TAIL_WAIT_SECONDS = 25  # one feed long-poll; the daemon answers at once when mail is sent
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Follow all mail as it is sent, like `tail -f`. Reads the feed (GET /v1/feed): never consumes,
+    and wakes on the daemon's answer to a long-poll, not by polling the database."""
+    from urllib.parse import urlencode
+
+    from claude_mailbox import auth, identity, textsafe
+
+    mailbox_client = client(args, timeout=TAIL_WAIT_SECONDS + 10.0)
+    headers = auth.auth_header()
+    filters = {"name": identity.validate_name(args.name, "--name")} if args.name else {}
+    if args.since:
+        from datetime import UTC, datetime, timedelta
+
+        moment = datetime.now(UTC) - timedelta(days=parse_days(args.since))
+        filters["since"] = moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        after = 0  # everything since then, page by page, then follow
+    else:
+        after = int(
+            mailbox_client.call("GET", f"/v1/feed?{urlencode({**filters, 'limit': '0'})}", headers=headers)["last"]
+        )
+    while True:
+        query = urlencode({**filters, "after": str(after), "wait": str(TAIL_WAIT_SECONDS), "limit": "500"})
+        answer = mailbox_client.call("GET", f"/v1/feed?{query}", headers=headers)
+        for message in answer["messages"]:
+            if args.json:
+                print(textsafe.dumps(message))
+            else:
+                line = f"{message['createdAt']} {message['from']} -> {message['to']}: {textsafe.quote(message['body'])}"
+                print(line + ("" if message["read"] else "  (unread)"))
+        sys.stdout.flush()
+        after = int(answer["last"])
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+    """Print the login link of the web page (the token rides in the fragment, which browsers never
+    send to a server) and open it in the browser."""
+    from claude_mailbox import auth
+
+    url = locate.resolve(args.url)[0]
+    MailboxClient(url, timeout=5.0).health()  # DaemonUnreachable: one line, exit 2
+    token = auth.read_token()
+    link = f"{url}/#token={token}" if token else f"{url}/"
+    print(link, flush=True)
+    if not args.no_browser:
+        import webbrowser
+
+        webbrowser.open(link)
+    return EXIT_OK
+
+
 def cmd_collaborate(args: argparse.Namespace) -> int:
     name = args.name or current_mailbox(args)
     mailbox_client = client(args)
     if args.state == "status":
-        result = mailbox_client.call("GET", f"/v1/collaborate?name={name}")
+        result = mailbox_client.call("GET", f"/v1/collaborate?name={quote(name)}")
     else:
-        result = mailbox_client.call("POST", "/v1/collaborate", payload={"name": name, "on": args.state == "on"})
+        result = mailbox_client.call(
+            "POST", "/v1/collaborate", payload={"name": name, "on": args.state == "on"}, mailbox=name
+        )
     state = "on" if result["collaborating"] else "off"
     text = f"collaboration mode is {state} for {name}"
     if args.state == "status" and result["collaborating"]:
@@ -443,6 +523,21 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--name", required=True)
     watch.add_argument("--timeout", type=float, default=25.0, help="seconds to wait (default 25)")
 
+    tail = verb(
+        "tail",
+        cmd_tail,
+        "follow all mail as it is sent, one line per message (reads only: nothing is marked read)",
+        exits="exit codes: 1 error, 2 daemon unreachable (runs until interrupted: 130).",
+    )
+    tail.add_argument("--name", help="only mail from or to this mailbox")
+    tail.add_argument("--since", metavar="AGE", help="first show the mail of the last AGE, e.g. 10m, 2h, 1d")
+    verb(
+        "open",
+        cmd_open,
+        "print the web page's login link (with the token) and open it in the browser",
+        json_output=False,
+    ).add_argument("--no-browser", action="store_true", help="only print the link")
+
     collaborate = verb("collaborate", cmd_collaborate, "turn collaboration mode (wake on mail) on or off")
     collaborate.add_argument("state", nargs="?", default="on", choices=["on", "off", "status"], help="default: on")
     collaborate.add_argument("--name", help="mailbox (default: this session's)")
@@ -476,6 +571,17 @@ def build_parser() -> argparse.ArgumentParser:
             "--project", dest="scope", action="store_const", const="project", help="./.claude/settings.json"
         )
         patch.set_defaults(scope="user")
+
+    verb(
+        "install-autostart",
+        cmd_install_autostart,
+        "start the daemon at login (systemd user unit, launchd agent, Windows logon task; a detached "
+        "process where none is usable) and start it now",
+        exits=SETUP_EXITS,
+    )
+    uninstall = verb("uninstall-autostart", cmd_uninstall_autostart, "stop the daemon, remove its autostart entry")
+    uninstall.add_argument("--purge", action="store_true", help="also delete the data dir (mail, config, token)")
+    uninstall.epilog = SETUP_EXITS
 
     prune = verb(
         "prune",

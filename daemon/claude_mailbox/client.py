@@ -6,6 +6,7 @@ Nothing here imports the daemon's modules (aiohttp, mcp, apsw): the CLI must sta
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 from urllib.parse import quote
 
@@ -53,23 +54,56 @@ class MailboxClient:
             raise DaemonUnreachable(f"{self.url} answered, but not as a claude-mailbox daemon")
         return data
 
-    def send(self, sender: str, to: str, body: str) -> dict[str, Any]:
-        return self.call("POST", "/v1/send", payload={"to": to, "body": body}, mailbox=sender)
+    def send(self, sender: str, to: str, body: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Send once: under an Idempotency-Key (generated unless given), so the one retry after a
+        connection error cannot store the message twice."""
+        headers = {"Idempotency-Key": idempotency_key or os.urandom(16).hex()}
+        payload = {"to": to, "body": body}
+        try:
+            return self.call("POST", "/v1/send", payload=payload, mailbox=sender, headers=headers)
+        except DaemonUnreachable as first:
+            try:
+                return self.call("POST", "/v1/send", payload=payload, mailbox=sender, headers=headers)
+            except DaemonUnreachable:
+                raise first from None  # the first failure says whether the message may have been stored
 
     def peek(self, name: str) -> dict[str, Any]:
         return self.call("GET", f"/v1/peek?name={quote(name)}")
 
-    def check(self, name: str, max_chars: int | None = None) -> dict[str, Any]:
-        query = f"?name={quote(name)}" + (f"&maxChars={max_chars}" if max_chars else "")
+    def check(self, name: str, max_chars: int | None = None, *, manual: bool = False) -> dict[str, Any]:
+        """One page of mail. `manual`: the answer names its lease (leaseId) and nothing is delivered
+        until `ack`; otherwise the daemon acknowledges once it has written the answer."""
+        query = f"?name={quote(name)}" + (f"&maxChars={max_chars}" if max_chars else "") + _ack_query(manual)
         return self.call("POST", f"/v1/check-inbox{query}", mailbox=name)
+
+    def ack(self, name: str, lease_id: str) -> int:
+        """Acknowledge a lease from a manual check or watch: its mail is delivered."""
+        answer = self.call("POST", f"/v1/ack?name={quote(name)}", payload={"leaseId": lease_id}, mailbox=name)
+        return int(answer["acked"])
 
     def list(self, caller: str | None = None) -> dict[str, Any]:
         return self.call("GET", "/v1/list", mailbox=caller)
 
-    def watch(self, name: str, wait: float, *, waiter: str | None = None) -> dict[str, Any]:
+    def watch(self, name: str, wait: float, *, manual: bool = False) -> dict[str, Any]:
         """Long-poll: returns when mail arrives, the mailbox is renamed, or `wait` runs out."""
-        query = f"?name={quote(name)}&timeout={wait:g}" + (f"&waiter={quote(waiter)}" if waiter else "")
-        return self.call("POST", f"/v1/watch{query}", mailbox=name, timeout=wait + 5.0)
+        query = f"?name={quote(name)}&timeout={wait:g}"
+        return self.call("POST", f"/v1/watch{query}{_ack_query(manual)}", mailbox=name, timeout=wait + 5.0)
+
+    def whoami(self, session_id: str) -> str:
+        return str(self.call("GET", f"/v1/whoami?session={quote(session_id)}")["name"])
+
+
+def probe_health(url: str, timeout: float = 0.5) -> dict[str, Any] | None:
+    """The one health probe: the daemon's /health answer, or None when no claude-mailbox daemon
+    answers at `url` (down, another program, a malformed URL)."""
+    try:
+        return MailboxClient(url, timeout=timeout).health()
+    except MailboxError:
+        return None
+
+
+def _ack_query(manual: bool) -> str:
+    return "&ack=manual" if manual else ""
 
 
 def _error_from(response: Response, data: Any) -> MailboxError:

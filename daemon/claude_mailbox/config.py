@@ -7,17 +7,19 @@ read when no TOML file exists. A malformed file is a ConfigError naming the file
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from claude_mailbox import paths
+from claude_mailbox import fsutil, paths
 from claude_mailbox.errors import ConfigError
 
 LOOPBACK_BINDS = frozenset({"127.0.0.1", "localhost", "::1"})
 DURABILITY_LEVELS = ("normal", "full")
+MAX_LEASE_SECONDS = 24 * 3600
+MIN_RESPONSE_BYTES = 64 * 1024
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # half of what the stdlib client accepts (httpclient.MAX_RESPONSE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class Config:
     rate_limit_per_minute: int = 600
     max_pending_per_mailbox: int = 10_000
     client_timeout_seconds: int = 10  # to send a request's headers, then its body; idle keep-alive closes after it
+    lease_seconds: int = 60  # mail handed out and not acknowledged within this comes back to the inbox
+    max_response_bytes: int = 4 * 1024 * 1024  # bounds every answer that carries mail (a read pages)
     retention_days: int | None = None  # delivered mail older than this is pruned daily
     prefix: str | None = None  # base of session mailbox names, e.g. "backend" -> backend-1a2b3c4d
     source: str | None = None  # the file these settings came from, for messages
@@ -57,6 +61,8 @@ _INT_KEYS = {
     "max_pending_per_mailbox",
     "client_timeout_seconds",
     "retention_days",
+    "lease_seconds",
+    "max_response_bytes",
 }
 _STR_KEYS = {"bind", "durability", "prefix"}
 
@@ -84,24 +90,45 @@ def with_overrides(config: Config, **overrides: Any) -> Config:
     return merged
 
 
+# Every whole-number setting and the range it is checked against at load (issue 12.1): a value
+# outside it is a one-line error, never an overflow deep inside SQLite or asyncio.
+RANGES: dict[str, tuple[int, int]] = {
+    "port": (0, 65535),
+    "busy_timeout_ms": (1, 60_000),
+    "max_body_bytes": (1, 16 * 1024 * 1024),
+    "max_request_bytes": (1024, 64 * 1024 * 1024),
+    "rate_limit_per_minute": (1, 1_000_000_000),  # tests and benches lift it far out of the way
+    "max_pending_per_mailbox": (1, 1_000_000_000),
+    "client_timeout_seconds": (1, 3600),
+    "lease_seconds": (1, MAX_LEASE_SECONDS),
+    "max_response_bytes": (MIN_RESPONSE_BYTES, MAX_RESPONSE_BYTES),
+    "retention_days": (1, 36_500),
+}
+
+
 def validate(config: Config, origin: str) -> None:
-    if not 0 <= config.port < 65536:
-        raise ConfigError(f"{origin}: port must be between 0 and 65535, not {config.port}")
+    for key, (low, high) in RANGES.items():
+        value = getattr(config, key)
+        if value is not None and not low <= value <= high:
+            kind = "a positive number " if low == 1 else ""
+            raise ConfigError(f"{origin}: {key} must be {kind}between {low} and {high}, not {value}")
     if config.durability not in DURABILITY_LEVELS:
         raise ConfigError(f"{origin}: durability must be one of {', '.join(DURABILITY_LEVELS)}")
-    for key in (
-        "busy_timeout_ms",
-        "max_body_bytes",
-        "max_request_bytes",
-        "rate_limit_per_minute",
-        "client_timeout_seconds",
-    ):
-        if getattr(config, key) <= 0:
-            raise ConfigError(f"{origin}: {key} must be a positive number")
-    if config.max_pending_per_mailbox <= 0:
-        raise ConfigError(f"{origin}: max_pending_per_mailbox must be a positive number")
-    if config.retention_days is not None and config.retention_days <= 0:
-        raise ConfigError(f"{origin}: retention_days must be a positive number of days")
+    if config.max_body_bytes > config.max_request_bytes:
+        raise ConfigError(f"{origin}: max_body_bytes ({config.max_body_bytes}) must not exceed max_request_bytes")
+    if config.db_path is not None:
+        _check_db_path(config.db_path, origin)
+
+
+def _check_db_path(db_path: Path, origin: str) -> None:
+    """A parent that is a regular file would surface later as "[Errno 17] File exists"."""
+    if db_path.is_dir():
+        raise ConfigError(f"{origin}: db_path {db_path} is a directory; name a file inside it")
+    for parent in db_path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{origin}: db_path {db_path}: {parent} is a file, not a directory")
+            return
 
 
 def is_loopback(bind: str) -> bool:
@@ -118,10 +145,7 @@ def write_setting(key: str, value: Any, path: Path | None = None) -> Path:
         current.pop(key, None)
     else:
         current[key] = value
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_suffix(".toml.tmp")
-    temporary.write_text(tomli_w.dumps(current), encoding="utf-8")
-    os.replace(temporary, target)
+    fsutil.atomic_write(target, tomli_w.dumps(current))
     return target
 
 

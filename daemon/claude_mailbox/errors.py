@@ -87,6 +87,13 @@ class MailboxFull(MailboxError):
     http_status = 429
 
 
+class LeaseNotFound(MailboxError):
+    """An acknowledgement for a lease that is unknown, already acknowledged, expired or another's."""
+
+    code = "lease_not_found"
+    http_status = 409
+
+
 class StoreBusy(MailboxError):
     code = "database_busy"
     http_status = 503

@@ -25,6 +25,8 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None) -> N
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(raw)
+            handle.flush()
+            os.fsync(handle.fileno())  # the rename must not reach the disk before the data
         if mode is not None:
             os.chmod(temporary, mode)
         os.replace(temporary, path)

@@ -1,7 +1,7 @@
 """The hook process: relay Claude Code's hook stdin to the daemon and print what it renders.
 
 This runs before every prompt, so its fast path imports nothing but `os`, `sys` and the raw-socket
-`wire` module (the interpreter runs with -I -S: no site-packages, no user path). Everything the
+`httpclient` module (the interpreter runs with -I -S: no site-packages, no user path). Everything the
 hook says is decided by the daemon. Every path ends in exit 0, except the Stop waiter's exit 2
 that wakes Claude with new mail; no exception ever reaches Claude Code.
 
@@ -15,7 +15,7 @@ import sys
 
 from claude_mailbox import __version__
 from claude_mailbox.errors import DaemonUnreachable
-from claude_mailbox.httpclient import http_request
+from claude_mailbox.httpclient import ConnectionRefused, http_request
 from claude_mailbox.locate import daemon_url
 
 MAX_STDIN = 1024 * 1024
@@ -23,8 +23,14 @@ SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ash", "busybox", "fish"})
 TIMEOUTS = {"session-start": 5.0, "prompt-submit": 5.0, "session-end": 0.8}
 STOP_RECONNECT_SECONDS = 60.0  # a Stop waiter rides out a daemon restart (version sync) this long
 STOP_RETRY_SECONDS = 0.5
+MCP_START_WAIT = 3.0  # the headersHelper waits this long for a daemon it started to listen
 STOP_WAITED_SECONDS = 1.0  # a Stop relay refused sooner never got to wait: the daemon is not running
-OFFLINE_LINE = "claude-mailbox: mail is offline (the daemon is not running); run /claude-mailbox:mailbox-doctor"
+# Said when the daemon could not be reached at SessionStart: Claude Code then offers no mailbox tools
+# for the session's life, so the line must not point the model at one.
+OFFLINE_LINE = (
+    "claude-mailbox: mail is offline in this session (the mailbox daemon is not running), so it has no mailbox "
+    "tools; the user can set it up and start it with /claude-mailbox:mailbox-doctor"
+)
 
 
 class Restarting(DaemonUnreachable):
@@ -79,6 +85,7 @@ def relay(
         "Content-Type": "application/json",
         "X-Mailbox-Claude-Pid": str(claude_pid()),
         "X-Mailbox-Plugin-Version": __version__,
+        "X-Mailbox-Ack": "manual",  # mail in the answer is acknowledged by acknowledge(), once printed
     }
     if mailbox:
         headers["X-Mailbox"] = mailbox
@@ -93,7 +100,33 @@ def relay(
         return 0, "stdout", "", version
     code = response.headers.get("x-hook-exit", "0")
     stream = response.headers.get("x-hook-stream", "stdout")
+    lease, name = response.headers.get("x-mailbox-lease"), response.headers.get("x-mailbox-lease-name")
+    if lease and name:
+        _unacknowledged.append((url, name, lease))
     return (2 if code == "2" else 0), stream, response.body.decode("utf-8", "replace"), version
+
+
+# Leases of mail relayed but not yet printed: (daemon url, mailbox, lease id).
+_unacknowledged: list[tuple[str, str, str]] = []
+
+
+def acknowledge() -> None:
+    """After the hook's output is written and flushed: tell the daemon the mail was delivered. A hook
+    killed before this loses nothing (the lease expires and the mail comes back); a failed ack can
+    only show the mail once more, never lose it."""
+    while _unacknowledged:
+        url, name, lease = _unacknowledged.pop()
+        try:  # noqa: SIM105 - contextlib is one import more on every prompt
+            http_request(
+                url,
+                "POST",
+                f"/v1/ack?name={name}",
+                body=f'{{"leaseId": "{lease}"}}'.encode(),
+                headers={"Content-Type": "application/json", "X-Mailbox": name},
+                timeout=2.0,
+            )
+        except Exception:  # a hook never fails
+            pass
 
 
 def run(event: str, data: bytes, *, url: str | None = None, mailbox: str | None = None) -> tuple[int, str, str]:
@@ -108,6 +141,8 @@ def run(event: str, data: bytes, *, url: str | None = None, mailbox: str | None 
         if event != "session-start":
             return 0, "stdout", ""  # never slow a prompt down for a daemon that is not there
         return _session_start_slow(data, url, mailbox)
+    if event == "session-start" and not version:  # something answered, but not a mailbox daemon
+        return 0, "stdout", _foreign_holder(located, answered=True) or ""
     if event == "session-start" and version and version != __version__:
         # The running daemon has registered and announced the session: keep that reply (relaying
         # again would lose a /clear rename note) and add what the version sync did.
@@ -118,12 +153,34 @@ def run(event: str, data: bytes, *, url: str | None = None, mailbox: str | None 
 def _session_start_slow(data: bytes, url: str | None, mailbox: str | None) -> tuple[int, str, str]:
     """Daemon down: start it (updating its environment if the plugin is newer), then announce."""
     note = _bring_up(None)
+    located = url or daemon_url()  # re-located: a daemon started just now may have written a new daemon.url
     try:
-        # Re-located: a daemon started just now may have written a new daemon.url.
-        _, stream, text, _ = relay("session-start", data, url or daemon_url(), TIMEOUTS["session-start"], mailbox)
+        _, stream, text, version = relay("session-start", data, located, TIMEOUTS["session-start"], mailbox)
     except DaemonUnreachable:
-        return 0, "stdout", _with_note(OFFLINE_LINE, note)
+        return 0, "stdout", _with_note(_foreign_holder(located, answered=False) or OFFLINE_LINE, note)
+    if not version:
+        return 0, "stdout", _foreign_holder(located, answered=True) or ""
     return 0, stream, _with_note(text, note)
+
+
+def _foreign_holder(url: str, answered: bool) -> str | None:
+    """The SessionStart line when another program holds the daemon's port (`answered`: it answered
+    HTTP without being a mailbox daemon), else None. Rare: may import psutil."""
+    try:
+        import site
+
+        site.main()  # psutil names the holder where it is installed
+        from claude_mailbox import portholder
+        from claude_mailbox.httpclient import Endpoint
+
+        found = portholder.holder(Endpoint.parse(url).port)
+        if found is not None and found[2]:
+            return None  # our own daemon, still starting or stuck: the offline line says what to do
+        if found is None and not answered:
+            return None  # nothing is known to hold it
+        return portholder.foreign_port_line(url, found[:2] if found else None)
+    except Exception:  # a hook never fails: the offline line still goes out
+        return None
 
 
 def _bring_up(running_version: str | None) -> str | None:
@@ -190,8 +247,7 @@ def _stop(data: bytes, url: str) -> tuple[int, str, str]:
         except DaemonUnreachable as exc:
             now = time.monotonic()
             if deadline is None:
-                refused = "connection refused" in exc.message  # wire.py's reason for a failed connect
-                if refused and now - started < STOP_WAITED_SECONDS:
+                if isinstance(exc, ConnectionRefused) and now - started < STOP_WAITED_SECONDS:
                     # No daemon at all: nothing to wait on. Lingering would also hold up the exit of
                     # `claude -p`, which waits for pending async hooks.
                     return 0, "stdout", ""
@@ -204,8 +260,52 @@ def _stop(data: bytes, url: str) -> tuple[int, str, str]:
 
 
 def headers_helper() -> str:
-    """For .mcp.json's headersHelper: tell the daemon which Claude Code process is calling."""
+    """For .mcp.json's headersHelper: tell the daemon which Claude Code process is calling. Runs just
+    before each MCP connect: a daemon that is down is started here too, so that the connect finds a
+    listening socket (and waits in its backlog) instead of being refused (issue 11.1)."""
+    _listening_daemon(daemon_url())
     return f'{{"X-Mailbox-Claude-Pid": "{claude_pid()}"}}'
+
+
+def _listening_daemon(url: str) -> None:
+    """Start the daemon if nothing listens at `url`, and wait (at most MCP_START_WAIT seconds) until
+    its socket listens. Claude Code waits for a connect that was accepted; a refused one it retries
+    once, and in `claude -p` it does not wait for the retry: the session then has no mailbox tools.
+    The SessionStart hook, running at the same time, may start it too (autostart's lock keeps it to
+    one). Version updates stay with SessionStart."""
+    import socket
+    import time
+
+    from claude_mailbox.httpclient import Endpoint
+
+    try:
+        endpoint = Endpoint.parse(url)
+    except Exception:
+        return
+
+    def listening() -> bool:
+        with socket.socket(socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET) as probe:
+            probe.settimeout(0.2)
+            return probe.connect_ex((endpoint.host.replace("localhost", "127.0.0.1"), endpoint.port)) == 0
+
+    if listening():
+        return
+    import contextlib
+
+    # Whatever goes wrong here, still wait below: the SessionStart hook may be starting it right now.
+    with contextlib.suppress(Exception):
+        import site
+
+        site.main()  # autostart needs psutil
+        from claude_mailbox import paths
+        from claude_mailbox.setup import autostart, lifecycle
+
+        if not (paths.venv_python(paths.managed_venv_dir()).exists() or lifecycle.can_run_daemon_here()):
+            return  # a fresh install without the daemon's packages: SessionStart says what to do
+        autostart.ensure_running(None, None, wait=0.0)  # at the resolved address
+    deadline = time.monotonic() + MCP_START_WAIT
+    while not listening() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def run_cli(args: list[str]) -> int:
@@ -257,6 +357,7 @@ def main(argv: list[str]) -> None:
         try:
             out.write(text if text.endswith("\n") else text + "\n")
             out.flush()
+            acknowledge()  # only once the mail is out
         except (OSError, ValueError):
             pass
     os._exit(code)  # skips interpreter teardown: ~10 ms saved on every prompt

@@ -9,27 +9,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
-from claude_mailbox.errors import InvalidInput
+from claude_mailbox import textsafe
 from claude_mailbox.messages import Message
 
 CONTEXT_CAP = 10_000  # Claude Code cuts hook context longer than this to a preview
+SESSION_START_BOUND = 4_000  # the SessionStart announcement leaves the cap's room to the mail
+PATH_SHOWN = 200  # characters of a peer's project path
 PLUGIN_NAME = "claude-mailbox"
 SEND_TOOL = f"mcp__plugin_{PLUGIN_NAME}_mailbox__send"
 CHECK_TOOL = f"mcp__plugin_{PLUGIN_NAME}_mailbox__check_inbox"
-MAX_HOOK_INPUT = 1024 * 1024
-SESSION_SOURCES = {"startup", "resume", "clear", "compact", "fork"}
-
-
-@dataclass(frozen=True)
-class HookInput:
-    session_id: str
-    event: str
-    cwd: str | None
-    source: str | None
-    reason: str | None
-    raw: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -41,82 +30,98 @@ class Peer:
     is_session: bool
 
 
-def parse_hook_input(data: bytes) -> HookInput:
-    """Claude Code's hook stdin (both 2.1.197 and 2.1.330 shapes); InvalidInput when unusable."""
-    if len(data) > MAX_HOOK_INPUT:
-        raise InvalidInput("hook input is larger than 1 MiB")
-    try:
-        raw = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise InvalidInput("hook input is not JSON") from None
-    if not isinstance(raw, dict):
-        raise InvalidInput("hook input is not a JSON object")
-    if (b"\\u" in data or b"\xed" in data) and not _valid_unicode(raw):
-        raise InvalidInput("hook input is not valid Unicode text (it contains a lone surrogate)")
-    session_id = raw.get("session_id")
-    if not isinstance(session_id, str) or not session_id.strip() or len(session_id) > 200:
-        raise InvalidInput("hook input has no usable session_id")
-
-    def text(key: str) -> str | None:
-        value = raw.get(key)
-        return value if isinstance(value, str) else None
-
-    return HookInput(
-        session_id=session_id.strip(),
-        event=text("hook_event_name") or "",
-        cwd=text("cwd"),
-        source=text("source"),
-        reason=text("reason"),
-        raw=raw,
-    )
-
-
-def _valid_unicode(value: Any) -> bool:
-    """False when a string anywhere in `value` holds a lone surrogate ("\\ud800" in JSON), which
-    cannot be stored or printed as UTF-8."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def context_output(event: str, context: str) -> str:
     """The JSON form Claude Code reads from a context-injecting hook's stdout."""
     return json.dumps({"hookSpecificOutput": {"hookEventName": event, "additionalContext": context}})
 
 
+@dataclass(frozen=True)
+class Peers:
+    """Whom a starting session can write to: sessions running now, sessions that ended within the
+    hour (their mail waits for a resume), and how many other recent mailboxes are not listed
+    (recipients that no session runs: `claude-mailbox list` shows them)."""
+
+    live: list[Peer]
+    ended: list[Peer]
+    unlisted: int = 0
+
+
 def session_start_context(
-    mailbox: str, peers: list[Peer], pending: int, renamed_from: str | None, plugin: bool = True
+    mailbox: str, peers: Peers, pending: int, renamed_from: str | None, plugin: bool = True
 ) -> str:
-    """`plugin=False`: hooks installed by `install-hook` (no plugin, so no plugin tool names or commands)."""
-    lines = [f"claude-mailbox: this session's mailbox name is {mailbox}."]
+    """`plugin=False`: hooks installed by `install-hook` (no plugin, so no plugin tool names or commands).
+    At most SESSION_START_BOUND characters: peers that do not fit are counted, not listed."""
+    head = [f"claude-mailbox: this session's mailbox name is {mailbox}."]
     if renamed_from:
-        lines.append(f"It was {renamed_from} before /clear; mail sent to the old name still arrives here.")
-    if peers:
-        lines.append("Other sessions active in the last hour:")
-        for peer in peers:
-            where = f", project {peer.project_dir}" if peer.project_dir else ""
-            state = "alive" if peer.alive else "not a Claude Code session"
-            lines.append(f"- {peer.name} ({state}{where}, {peer.pending} unread)")
-    else:
-        lines.append("No other sessions were active in the last hour.")
+        head.append(f"It was {renamed_from} before /clear; mail sent to the old name still arrives here.")
     if plugin:
-        lines.append(f"To message a peer, use the {SEND_TOOL} tool with `to` set to its mailbox name.")
+        tail = [f"To message a session, use the {SEND_TOOL} tool with `to` set to its mailbox name."]
     else:
-        lines.append(
-            "To message a peer, use the mailbox MCP server's `send` tool, or run "
+        tail = [
+            "To message a session, use the mailbox MCP server's `send` tool, or run "
             f"`claude-mailbox send --from {mailbox} --to NAME --body TEXT`."
-        )
+        ]
     if pending:
-        lines.append(f"{pending} unread message(s) are waiting and arrive with the next prompt.")
+        verb = "is waiting and arrives" if pending == 1 else "are waiting and arrive"
+        tail.append(f"{_count(pending, 'unread message')} for this session {verb} with the next prompt.")
     if plugin:
-        lines.append(
+        tail.append(
             "Peers' mail arrives with each prompt; to be woken mid-task, the user can run /claude-mailbox:collaborate."
         )
     else:
-        lines.append("Peers' mail arrives with each prompt.")
-    return "\n".join(lines)
+        tail.append("Peers' mail arrives with each prompt.")
+    if not peers.live and not peers.ended:
+        head.append("No other session is running, and none ended in the last hour.")
+    room = SESSION_START_BOUND - sum(len(line) + 1 for line in head + tail) - len(_more_line(10**9)) - 1
+    body, left = _peer_sections(peers, room)
+    if left and body:
+        body.append(_more_line(left))
+    elif left:
+        body.append(f"Mailboxes seen in the last hour that no session runs: {left} (claude-mailbox list).")
+    return "\n".join(head + body + tail)
+
+
+def _peer_sections(peers: Peers, room: int) -> tuple[list[str], int]:
+    """Peer lines, live sessions first, as many as fit in `room` characters; returns the lines and
+    how many peers were left out (plus the unlisted ones)."""
+    lines: list[str] = []
+    used = 0
+    left = peers.unlisted
+    for title, group, state in (
+        ("Other sessions running now:", peers.live, "running"),
+        ("Sessions that ended in the last hour:", peers.ended, "ended"),
+    ):
+        for index, peer in enumerate(group):
+            if left > peers.unlisted:  # full: count the rest, list none of it
+                left += 1
+                continue
+            line = _peer_line(peer, state)
+            cost = len(line) + 1 + (len(title) + 1 if index == 0 else 0)
+            if used + cost > room:
+                left += 1
+                continue
+            lines.extend([title, line] if index == 0 else [line])
+            used += cost
+    return lines, left
+
+
+def _peer_line(peer: Peer, state: str) -> str:
+    """One peer. The project path is free text from another process: JSON-quoted, unsafe characters
+    escaped, so it cannot start a line of its own."""
+    facts = [state] if state == "running" else ["ended, mail waits for its resume"]
+    if peer.project_dir:
+        facts.append(f"project {textsafe.quote(peer.project_dir[:PATH_SHOWN])}")
+    if peer.pending:
+        facts.append(f"{peer.pending} unread in its inbox")
+    return f"- {textsafe.clean(peer.name)} ({', '.join(facts)})"
+
+
+def _more_line(count: int) -> str:
+    return f"... and {count} more (claude-mailbox list)"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def render_message(message: Message) -> str:

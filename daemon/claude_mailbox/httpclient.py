@@ -13,6 +13,19 @@ from claude_mailbox.errors import DaemonUnreachable, MailboxError
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
+class ConnectionRefused(DaemonUnreachable):
+    """Nothing listens at the address: no daemon runs there (a caller need not wait for one)."""
+
+
+class TimedOut(DaemonUnreachable):
+    """Something accepted the connection (or the network dropped it) but no answer came in time."""
+
+
+def _header_safe(text: str) -> bool:
+    """No CR, LF or other control character: a header line must not be able to start another."""
+    return text.isprintable() or all(ch == "\t" or ch.isprintable() for ch in text)
+
+
 class Endpoint:
     __slots__ = ("host", "port")
 
@@ -64,10 +77,17 @@ def http_request(
     headers: dict[str, str] | None = None,
     timeout: float = 2.0,
 ) -> Response:
-    """One HTTP exchange. Raises DaemonUnreachable when nothing answers in time."""
+    """One HTTP exchange. Raises ConnectionRefused or TimedOut (both DaemonUnreachable) when
+    nothing answers, MailboxError for a header or path that could smuggle a second line."""
     endpoint = Endpoint.parse(url)
+    if not path.startswith("/") or not _header_safe(path) or " " in path:
+        raise MailboxError(f"refusing to request {path!r}: the path must be quoted")
     lines = [f"{method} {path} HTTP/1.1", f"Host: {endpoint.host_header}", "Connection: close"]
     for name, value in (headers or {}).items():
+        if not name or not name.isascii() or not _header_safe(name) or ":" in name or " " in name:
+            raise MailboxError(f"refusing to send the header name {name!r}")
+        if not _header_safe(value):
+            raise MailboxError(f"refusing to send a control character in the {name} header")
         lines.append(f"{name}: {value}")
     if body is not None:
         lines.append(f"Content-Length: {len(body)}")
@@ -84,7 +104,11 @@ def http_request(
             raw = _read_all(sock)
         finally:
             sock.close()
-    except OSError as exc:  # refused, reset, timed out, no route
+    except ConnectionRefusedError:
+        raise ConnectionRefused(f"the mailbox daemon at {url} is not answering (connection refused)") from None
+    except TimeoutError:
+        raise TimedOut(f"the mailbox daemon at {url} is not answering (timed out)") from None
+    except OSError as exc:  # reset, no route, response too large
         raise DaemonUnreachable(f"the mailbox daemon at {url} is not answering ({_reason(exc)})") from None
     return _parse_response(raw, url)
 
@@ -135,8 +159,4 @@ def _dechunk(data: bytes) -> bytes:
 
 
 def _reason(exc: OSError) -> str:
-    if isinstance(exc, TimeoutError) or "timed out" in str(exc):
-        return "timed out"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    return exc.strerror or type(exc).__name__
+    return exc.strerror or str(exc) or type(exc).__name__

@@ -14,11 +14,13 @@ class Message:
     body: str
     created_at: str
     delivered_at: str | None = None
+    attempts: int = 0  # handed out this many times (a lease that expired gave it back); 0: not handed out
 
     def to_json(self) -> dict[str, Any]:
-        """The wire shape (the seed's camelCase)."""
-        return {"id": self.id, "from": self.sender, "body": self.body, "createdAt": self.created_at}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], recipient: str) -> Message:
-        return cls(int(data["id"]), str(data["from"]), recipient, str(data["body"]), str(data["createdAt"]))
+        """The wire shape (the seed's camelCase); mail handed out before (its lease expired unacknowledged)
+        also says so, with its delivery count."""
+        data: dict[str, Any] = {"id": self.id, "from": self.sender, "body": self.body, "createdAt": self.created_at}
+        if self.attempts > 1:
+            data["redelivered"] = True
+            data["attempts"] = self.attempts
+        return data

@@ -1,16 +1,18 @@
-"""The daemon's HTTP face: REST at /v1/*, MCP at /mcp, /health and /openapi.json, behind one guard
-(Host, Origin, content type) and one error shape. The only module that imports aiohttp.web.
+"""The daemon's HTTP app: builds it (REST routes from rest.py, MCP at /mcp, the web page from
+webui.py), guards every request (Host, Origin, content type), gives every error one shape, runs
+the background jobs and serves until a signal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import json
+import dataclasses
+import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -18,10 +20,9 @@ from typing import Any
 
 from aiohttp import http_exceptions, web
 
-from claude_mailbox import __version__, hooktext, identity, openapi, paths
-from claude_mailbox.config import Config, is_loopback
+from claude_mailbox import __version__, listen, paths, rest, webui
+from claude_mailbox.config import Config
 from claude_mailbox.errors import (
-    ConfigError,
     Forbidden,
     InternalError,
     InvalidInput,
@@ -33,12 +34,10 @@ from claude_mailbox.errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
-from claude_mailbox.service import Caller, HookReply, MailboxService, caller_from_headers
-from claude_mailbox.tools import mailbox_json
+from claude_mailbox.service import MailboxService
 
-SERVICE = web.AppKey("service", MailboxService)
 CONFIG = web.AppKey("config", Config)
-MCP = web.AppKey("mcp", object)
+MCP = web.AppKey("mcp", asyncio.Future)  # the MCP endpoint, once the SDK is imported (see _run_mcp)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
@@ -147,211 +146,9 @@ async def _read_body(request: web.Request, seconds: float) -> bool:
     return True
 
 
-# --- request helpers ---------------------------------------------------------------------------
-
-
-def _query(request: web.Request, allowed: set[str]) -> dict[str, str]:
-    unknown = set(request.query) - allowed
-    if unknown:
-        raise InvalidInput(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
-    for key in request.query:
-        if len(request.query.getall(key)) > 1:
-            raise InvalidInput(f"query parameter {key!r} given more than once")
-    return dict(request.query)
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise InvalidInput("request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise InvalidInput("request body must be a JSON object")
-    return data
-
-
-def _caller(request: web.Request) -> Caller:
-    return caller_from_headers(request.headers)
-
-
-def _required(query: dict[str, str], key: str) -> str:
-    value = query.get(key)
-    if value is None:
-        raise InvalidInput(f"query parameter {key!r} is required")
-    return value
-
-
-def _number(query: dict[str, str], key: str, default: float, low: float, high: float) -> float:
-    text = query.get(key)
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise InvalidInput(f"{key} must be a number") from None
-    if not low <= value <= high:
-        raise InvalidInput(f"{key} must be between {low:g} and {high:g}")
-    return value
-
-
-def _connected(request: web.Request) -> Callable[[], bool]:
-    return lambda: request.transport is not None and not request.transport.is_closing()
-
-
-# --- routes ------------------------------------------------------------------------------------
-
-
-async def health(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    return web.json_response({"status": "ok", "version": __version__, **service.info()})
-
-
-async def openapi_document(request: web.Request) -> web.Response:
-    return web.json_response(openapi.document(__version__))
-
-
-async def send(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    _query(request, set())
-    payload = await _json_object(request)
-    unknown = set(payload) - {"to", "body", "from"}
-    if unknown:
-        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
-    sender = await service.resolve_caller(payload.get("from"), _caller(request), "from")
-    if "to" not in payload or "body" not in payload:
-        raise InvalidInput("fields 'to' and 'body' are required")
-    message = await service.send(sender, payload["to"], payload["body"])
-    return web.json_response(
-        {"id": message.id, "from": message.sender, "to": message.recipient, "createdAt": message.created_at},
-        status=201,
-    )
-
-
-async def peek(request: web.Request) -> web.Response:
-    query = _query(request, {"name"})
-    pending, oldest = await request.app[SERVICE].peek(_required(query, "name"))
-    return web.json_response({"pending": pending, "oldestAt": oldest})
-
-
-async def check_inbox(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    query = _query(request, {"name", "maxChars"})
-    name = _required(query, "name")
-    service.require_owner(name, request.headers.get("X-Mailbox"))
-    await _json_object(request)
-    budget = int(_number(query, "maxChars", 0, 1, 10_000_000)) or None
-    consumed = await service.check(name, budget)
-    return web.json_response({"messages": [m.to_json() for m in consumed.messages], "remaining": consumed.remaining})
-
-
-async def list_mailboxes(request: web.Request) -> web.Response:
-    _query(request, set())
-    caller = request.headers.get("X-Mailbox") or None
-    if caller is not None:
-        identity.validate_name(caller, "X-Mailbox header")  # say which input was wrong, as MCP does
-    views, pending = await request.app[SERVICE].list(caller)
-    return web.json_response({"mailboxes": [mailbox_json(v) for v in views], "pendingForYou": pending})
-
-
-async def watch(request: web.Request) -> web.StreamResponse:
-    """Long-poll for `watch --block`: answers on mail, rename, or timeout (seconds)."""
-    service = request.app[SERVICE]
-    query = _query(request, {"name", "timeout"})
-    name = _required(query, "name")
-    service.require_owner(name, request.headers.get("X-Mailbox"))
-    timeout = _number(query, "timeout", 25.0, 0.0, 3600.0)
-    result = await service.watch(name, timeout, still_connected=_connected(request))
-    body = {"event": result.event, "messages": [m.to_json() for m in result.messages], "newName": result.new_name}
-    return await _deliver(request, service, json.dumps(body).encode(), result.messages, "application/json")
-
-
-async def _deliver(
-    request: web.Request, service: MailboxService, body: bytes, messages: list[Any], content_type: str, **headers: str
-) -> web.StreamResponse:
-    """Write a response that carries consumed mail; if the client is gone, put the mail back."""
-    response = web.StreamResponse(status=200, headers={"Content-Type": content_type, **headers})
-    response.content_length = len(body)
-    try:
-        if not _connected(request)():
-            raise ConnectionResetError("client went away")
-        await response.prepare(request)
-        await response.write(body)
-        await response.write_eof()
-    except (ConnectionError, RuntimeError):
-        await service.undeliver(messages)
-        raise
-    return response
-
-
-async def hook(request: web.Request) -> web.StreamResponse:
-    """Claude Code hooks relay their stdin here and print what comes back (see hook.py)."""
-    service = request.app[SERVICE]
-    event = request.match_info["event"]
-    _query(request, set())
-    hook_input = hooktext.parse_hook_input(await request.read())
-    caller = _caller(request)
-    prefix = request.headers.get("X-Mailbox-Prefix") or None
-    reply: HookReply
-    if event == "session-start":
-        reply = await service.session_start(hook_input, caller.claude_pid, prefix, caller.header_name)
-    elif event == "prompt-submit":
-        reply = await service.prompt_submit(hook_input, prefix, caller.header_name)
-    elif event == "session-end":
-        reply = await service.session_end(hook_input)
-    elif event == "stop":
-        reply = await service.stop_wait(hook_input, prefix, _connected(request))
-    else:
-        raise NotFound(f"no hook event {event!r}")
-    stream = "stderr" if reply.stderr else "stdout"
-    text = reply.stderr or reply.stdout
-    return await _deliver(
-        request,
-        service,
-        text.encode("utf-8"),
-        reply.delivered,
-        "text/plain; charset=utf-8",
-        **{"X-Hook-Stream": stream, "X-Hook-Exit": str(reply.exit_code)},
-    )
-
-
-async def collaborate(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    if request.method == "GET":
-        name = _required(_query(request, {"name"}), "name")
-    else:
-        _query(request, set())
-        payload = await _json_object(request)
-        name = payload.get("name")
-        on = payload.get("on")
-        if not isinstance(on, bool):
-            raise InvalidInput("'on' must be true or false")
-        if not isinstance(name, str):
-            raise InvalidInput("'name' must be a mailbox name")
-        if not await service.set_collaborate(name, on):
-            raise NotFound(f"no Claude Code session owns mailbox {name!r}")
-    return web.json_response(
-        {
-            "name": name,
-            "collaborating": await service.collaborating(name),
-            "stopWaiter": await service.stop_waiter_attached(name),
-        }
-    )
-
-
-async def whoami(request: web.Request) -> web.Response:
-    query = _query(request, {"session"})
-    session_id = _required(query, "session")
-    mailbox = await request.app[SERVICE].whois(session_id)
-    if mailbox is None:
-        raise NotFound(f"no session {session_id!r} has registered (did its SessionStart hook run?)")
-    return web.json_response({"session": session_id, "name": mailbox})
-
-
 async def mcp_post(request: web.Request) -> web.StreamResponse:
-    return await request.app[MCP].handle(request)  # type: ignore[attr-defined]
+    endpoint = await asyncio.shield(request.app[MCP])  # early requests wait for the SDK's import
+    return await endpoint.handle(request)
 
 
 async def mcp_not_allowed(request: web.Request) -> web.Response:
@@ -376,79 +173,88 @@ def make_app(config: Config) -> web.Application:
     )
     service = MailboxService(config)
     app[CONFIG] = config
-    app[SERVICE] = service
+    rest.add_routes(app, service)
     app.cleanup_ctx.append(_service_lifecycle)
     app.on_response_prepare.append(_version_header)
-    app.router.add_get("/health", health)
-    app.router.add_get("/openapi.json", openapi_document)
-    app.router.add_post("/v1/send", send)
-    app.router.add_get("/v1/peek", peek)
-    app.router.add_post("/v1/check-inbox", check_inbox)
-    app.router.add_get("/v1/list", list_mailboxes)
-    app.router.add_post("/v1/watch", watch)
-    app.router.add_post("/v1/hooks/{event}", hook)
-    app.router.add_get("/v1/collaborate", collaborate)
-    app.router.add_post("/v1/collaborate", collaborate)
-    app.router.add_get("/v1/whoami", whoami)
     app.router.add_post("/mcp", mcp_post)
     app.router.add_get("/mcp", mcp_not_allowed)
     app.router.add_delete("/mcp", mcp_not_allowed)
+    webui.add_routes(app, service)  # the page at / and GET /v1/feed (issue 14)
     return app
 
 
 async def _service_lifecycle(app: web.Application) -> AsyncIterator[None]:
-    from claude_mailbox.mcp_http import McpEndpoint
-
-    service = app[SERVICE]
+    service = app[rest.SERVICE]
     await service.open()
-    endpoint = McpEndpoint(service)
-    app[MCP] = endpoint
+    app[MCP] = asyncio.get_running_loop().create_future()
+    mcp = asyncio.create_task(_run_mcp(service, app[MCP]))
     tasks = [asyncio.create_task(_every(CHECKPOINT_INTERVAL, service.checkpoint))]
     retention = app[CONFIG].retention_days
     if retention:
         tasks.append(asyncio.create_task(_every(RETENTION_INTERVAL, lambda: service.prune(retention), first=0.0)))
     try:
-        async with endpoint.run():
-            yield
+        yield
     finally:
-        for task in tasks:
+        for task in [mcp, *tasks]:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(mcp, *tasks, return_exceptions=True)  # leaves the MCP manager's run() first
         await service.close()
+
+
+async def _run_mcp(service: MailboxService, ready: asyncio.Future[Any]) -> None:
+    """Import the MCP SDK (about 1 s) off the start path, then serve MCP until shutdown: /health, REST
+    and the hooks answer as soon as the store is open; MCP requests that arrive earlier await `ready`."""
+    try:
+        module = await asyncio.to_thread(importlib.import_module, "claude_mailbox.mcp_http")
+        endpoint = module.McpEndpoint(service)
+    except Exception as exc:  # MCP requests then fail with the one error shape; the rest keeps working
+        log.exception("the MCP endpoint could not be loaded")
+        ready.set_exception(InternalError(f"the MCP endpoint could not be loaded: {exc}"))
+        return
+    async with endpoint.run():
+        ready.set_result(endpoint)
+        await asyncio.Event().wait()  # until cancelled at shutdown
 
 
 async def _every(interval: float, job: Callable[[], Awaitable[Any]], first: float | None = None) -> None:
     await asyncio.sleep(interval if first is None else first)
     while True:
-        with contextlib.suppress(MailboxError):
+        try:
             await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a failed run (disk full, damaged file) is logged; the next one still happens
+            log.exception("scheduled job failed; retrying in %.0f s", interval)
         await asyncio.sleep(interval)
 
 
 # --- serve -------------------------------------------------------------------------------------
 
 
-def describe_port_holder(config: Config) -> str:
-    """Who holds the port: a claude-mailbox daemon (which version) or something else."""
-    from claude_mailbox.client import MailboxClient
-
+def raise_open_file_limit() -> None:
+    """Every connection and waiting watcher holds a file descriptor: lift the soft limit (often
+    256 or 1024) to the hard one, so the caps on connections bound the daemon, not the OS."""
     try:
-        info = MailboxClient(config.url, timeout=1.0).health()
-    except MailboxError:
-        return f"port {config.port} on {config.bind} is already in use by another program"
-    return f"a claude-mailbox daemon (version {info.get('version')}) is already running on {config.url}"
+        import resource
+    except ImportError:  # Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        with contextlib.suppress(ValueError, OSError):  # macOS refuses RLIM_INFINITY: keep the soft one
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def serve(config: Config, ready: Callable[[str], None] | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then finish in-flight requests and close the database cleanly."""
-    if not is_loopback(config.bind):
-        raise ConfigError(
-            f"refusing to bind {config.bind}: claude-mailbox has no authentication yet, so it only listens "
-            "on loopback (127.0.0.1, ::1, localhost)"
-        )
+async def serve(config: Config, ready: Callable[[str], None] | None = None, sock: socket.socket | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then finish in-flight requests and close the database cleanly.
+    `sock`: the socket `claude-mailbox serve` already listens on (listen.py, bound before this
+    module's imports); None: bind one now."""
+    if sock is None:
+        sock = listen.listen(config)
+    config = dataclasses.replace(config, port=listen.bound_port(sock))  # --port 0: /health names the real one
     if hasattr(signal, "SIGXFSZ"):
         # A file-size limit must fail the write (a clean error), not kill the daemon.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    raise_open_file_limit()
     logging.getLogger("aiohttp.server").addFilter(_without_client_garbage)
     app = make_app(config)
     # keepalive_timeout also bounds the time to send a request's headers: aiohttp closes a connection
@@ -467,21 +273,15 @@ async def serve(config: Config, ready: Callable[[str], None] | None = None) -> N
             loop.add_signal_handler(signum, stop.set)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.bind, config.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                raise ConfigError(describe_port_holder(config)) from None
-            raise ConfigError(f"cannot listen on {config.bind}:{config.port}: {exc.strerror}") from None
-        port = site._server.sockets[0].getsockname()[1] if site._server else config.port  # type: ignore[union-attr]
-        url = f"http://{'[::1]' if ':' in config.bind else config.bind}:{port}"
+        # Connections accepted by the kernel since listen() waited in the backlog: served from here on.
+        await web.SockSite(runner, sock).start()
+        url = f"http://{'[::1]' if ':' in config.bind else config.bind}:{config.port}"
         url_file = _write_url_file(url)
         if ready is not None:
             ready(url)
         await stop.wait()
     finally:
-        app[SERVICE].waiters.shutdown()
+        app[rest.SERVICE].waiters.shutdown()
         # Stop listening first, then give connections accepted just before the signal time to read
         # their request: aiohttp 3.14's cleanup marks a connection closing before its first read,
         # ignores the request it then receives and waits shutdown_timeout (5 s) for it.
@@ -512,12 +312,12 @@ def _write_url_file(url: str) -> Path:
     return target
 
 
-def run(config: Config) -> int:
+def run(config: Config, sock: socket.socket | None = None) -> int:
     def announce(url: str) -> None:
         print(f"claude-mailbox {__version__} listening on {url} (database {config.database})", flush=True)
 
     try:
-        asyncio.run(serve(config, announce))
+        asyncio.run(serve(config, announce, sock))
     except MailboxError as exc:
         print(f"claude-mailbox: {exc.message}", file=sys.stderr)
         return 1

@@ -7,19 +7,22 @@ blocks on a lock held by another process, so /health keeps answering while the d
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from claude_mailbox import hooktext, identity, liveness
+from claude_mailbox import identity, liveness
 from claude_mailbox.config import Config
 from claude_mailbox.dbthread import DbThread
 from claude_mailbox.errors import (
     IdentityMismatch,
     IdentityRequired,
     InvalidInput,
+    LeaseNotFound,
+    NotFound,
     PayloadTooLarge,
     ShuttingDown,
     StorageFull,
@@ -28,13 +31,14 @@ from claude_mailbox.errors import (
 )
 from claude_mailbox.messages import Message
 from claude_mailbox.ratelimit import RateLimiter
-from claude_mailbox.store import Consumed, Mailbox, Rename, Store, iso_before
+from claude_mailbox.store import Cost, FeedFilter, Lease, Mailbox, Rename, Sent, Store, iso_before
 from claude_mailbox.waiters import Waiter, WaiterRegistry, Wake
 
 T = TypeVar("T")
 PEER_WINDOW_SECONDS = 3600
 MAX_WATCH_SECONDS = 3600.0
 STOP_RECHECK_SECONDS = 60.0  # a Stop waiter re-checks its connection and its Claude Code process this often
+RESPONSE_MARGIN = 1024  # room in max_response_bytes for an answer's own fields around its messages
 
 
 @dataclass(frozen=True)
@@ -43,15 +47,9 @@ class Caller:
 
     header_name: str | None = None  # X-Mailbox
     claude_pid: int | None = None  # X-Mailbox-Claude-Pid (MCP headersHelper, hooks)
-
-
-def caller_from_headers(headers: Any) -> Caller:
-    """Read the caller from request headers (any case-insensitive mapping)."""
-    pid_text = headers.get("x-mailbox-claude-pid") or ""
-    return Caller(
-        header_name=headers.get("x-mailbox") or None,
-        claude_pid=int(pid_text) if pid_text.isascii() and pid_text.isdigit() and len(pid_text) < 10 else None,
-    )
+    # Leases of mail in the answer being built, acknowledged by the transport once it has written the
+    # answer (MCP); None: acknowledge at once.
+    leases: list[Lease] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,14 +64,18 @@ class WatchResult:
     event: str  # "mail" | "renamed" | "timeout" | "replaced" | "stopped" | "shutdown"
     messages: list[Message]
     new_name: str | None = None
+    lease: Lease | None = None  # the mail's lease: acknowledged once the answer is written
 
 
 @dataclass(frozen=True)
-class HookReply:
-    stdout: str = ""
-    stderr: str = ""
-    exit_code: int = 0
-    delivered: list[Message] = field(default_factory=list)  # put back if the hook cannot receive them
+class SessionStarted:
+    """A registered session: its mailbox, every mailbox for the peer list, its unread count, and
+    the mailbox it took over after /clear (if any)."""
+
+    mailbox: str
+    views: list[MailboxView]
+    pending: int
+    renamed_from: str | None
 
 
 def validate_body(body: object, max_bytes: int) -> str:
@@ -88,6 +90,21 @@ def validate_body(body: object, max_bytes: int) -> str:
     if size > max_bytes:
         raise PayloadTooLarge(f"body is {size} bytes; the limit is {max_bytes} bytes")
     return body
+
+
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def validate_idempotency_key(key: object) -> str | None:
+    if key is None:
+        return None
+    if (
+        not isinstance(key, str)
+        or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY
+        or not (key.isascii() and key.isprintable())
+    ):
+        raise InvalidInput(f"the idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+    return key
 
 
 class MailboxService:
@@ -143,19 +160,66 @@ class MailboxService:
 
     # --- the four operations ----------------------------------------------------------------
 
-    async def send(self, sender: str, to: object, body: object) -> Message:
+    async def send(self, sender: str, to: object, body: object, idempotency_key: object = None) -> Sent:
+        """Store a message; a repeat of an idempotency key (same sender, 24 h) answers the original."""
         identity.validate_name(sender, "from")
         recipient = identity.validate_name(to, "to")
         text = validate_body(body, self.config.max_body_bytes)
+        key = validate_idempotency_key(idempotency_key)
         self.rate_limiter.take(sender)
         limit = self.config.max_pending_per_mailbox
-        message = await self.db(lambda s: s.send(sender, recipient, text, max_pending=limit))
-        self.waiters.notify(message.recipient, Wake("mail"))
-        return message
+        sent = await self.db(lambda s: s.send(sender, recipient, text, max_pending=limit, idempotency_key=key))
+        if not sent.repeated:
+            self.waiters.notify(sent.message.recipient, Wake("mail"))
+        return sent
 
-    async def check(self, name: str, budget: int | None = None) -> Consumed:
+    async def take(
+        self,
+        name: str,
+        budget: int | None = None,
+        *,
+        cost: Cost = "chars",
+        skip_oversized: bool = False,
+        expansion: int = 1,
+    ) -> Lease:
+        """Hand pending mail out under a lease (lease_seconds); every answer stays within
+        max_response_bytes (`expansion`: how many times the answer repeats or re-escapes the mail).
+        Nothing is delivered until `ack`; an expired lease gives it back."""
         identity.validate_name(name)
-        return await self.db(lambda s: s.consume(name, budget=budget))
+        seconds = self.config.lease_seconds
+        max_bytes = (self.config.max_response_bytes - RESPONSE_MARGIN) // expansion
+        lease = await self.db(
+            lambda s: s.lease(
+                name,
+                lease_seconds=seconds,
+                budget=budget,
+                cost=cost,
+                skip_oversized=skip_oversized,
+                max_bytes=max_bytes,
+            )
+        )
+        if lease.id is not None:
+            # If it is never acknowledged, its mail comes back: wake whoever waits for it then.
+            asyncio.get_running_loop().call_later(seconds + 0.05, self.waiters.notify, name, Wake("mail"))
+        return lease
+
+    async def ack(self, name: str, lease_id: object) -> int:
+        identity.validate_name(name)
+        if not isinstance(lease_id, str) or not 1 <= len(lease_id) <= 100:
+            raise InvalidInput("leaseId must be the lease id a check answered with")
+        return await self.db(lambda s: s.ack(name, lease_id))
+
+    async def settle(self, lease: Lease | None, written: bool) -> None:
+        """After an answer carrying `lease`: acknowledge it if it was written, else give its mail back."""
+        if lease is None or lease.id is None:
+            return
+        lease_id = lease.id
+        if written:
+            with contextlib.suppress(LeaseNotFound):  # expired meanwhile: its mail comes again
+                await self.db(lambda s: s.ack(lease.mailbox, lease_id))
+            return
+        await self.db(lambda s: s.release(lease_id))
+        self.waiters.notify(lease.mailbox, Wake("mail"))
 
     async def peek(self, name: str) -> tuple[int, str | None]:
         identity.validate_name(name)
@@ -189,7 +253,6 @@ class MailboxService:
         name: str,
         timeout: float,
         *,
-        exclusive: str | None = None,
         still_connected: Callable[[], bool] = lambda: True,
         budget: int | None = None,
     ) -> WatchResult:
@@ -198,7 +261,7 @@ class MailboxService:
         identity.validate_name(name)
         timeout = max(0.0, min(float(timeout), MAX_WATCH_SECONDS))
         deadline = time.monotonic() + timeout
-        waiter = self.waiters.register(name, exclusive)
+        waiter = self.waiters.register(name)
         try:
             return await self._wait(waiter, deadline, still_connected, budget)
         finally:
@@ -214,9 +277,9 @@ class MailboxService:
             if target:
                 return WatchResult("renamed", [], target)
             if still_connected():
-                consumed = await self.check(name, budget)
-                if consumed.messages:
-                    return WatchResult("mail", consumed.messages)
+                lease = await self.take(name, budget, cost="rendered" if budget else "chars")
+                if lease.messages:
+                    return WatchResult("mail", lease.messages, lease=lease)
             wake = await waiter.next(deadline - time.monotonic())
             if wake is None:
                 return WatchResult("timeout", [])
@@ -227,93 +290,99 @@ class MailboxService:
             if not still_connected():
                 return WatchResult("timeout", [])
 
-    async def undeliver(self, messages: list[Message]) -> None:
-        ids = [message.id for message in messages]
-        if ids:
-            await self.db(lambda s: s.undeliver(ids))
-            self.waiters.notify(messages[0].recipient, Wake("mail"))
-
     # --- sessions and hooks ----------------------------------------------------------------
 
     async def session_start(
-        self, hook: hooktext.HookInput, claude_pid: int | None, prefix: str | None, fixed: str | None = None
-    ) -> HookReply:
-        """Register the session and render its announcement. `fixed` (an X-Mailbox header, from hooks
-        installed by `install-hook --name N`) names the mailbox instead of the session id."""
+        self,
+        session_id: str,
+        *,
+        source: str | None,
+        cwd: str | None,
+        project_dir: str | None,
+        claude_pid: int | None,
+        prefix: str | None,
+        fixed: str | None = None,
+    ) -> SessionStarted:
+        """Register the session. `fixed` (an X-Mailbox header, from hooks installed by
+        `install-hook --name N`) names the mailbox instead of the session id."""
         if fixed:
             mailbox = identity.validate_name(fixed, "X-Mailbox header")
         else:
-            mailbox = identity.session_mailbox(hook.session_id, prefix or self.config.prefix)
+            mailbox = identity.session_mailbox(session_id, prefix or self.config.prefix)
         pid_started = liveness.process_start_time(claude_pid) if claude_pid else None
+        existing = await self.db(lambda s: s.session(session_id))
+        if (
+            existing is not None
+            and existing.claude_pid
+            and claude_pid
+            and existing.claude_pid != claude_pid
+            and existing.ended_at is None
+            and liveness.is_alive(existing.claude_pid, existing.pid_started)
+        ):
+            # Another running Claude Code owns this session: a second process may not take it over.
+            raise IdentityMismatch(f"session {session_id!r} belongs to another running Claude Code process")
         rename_from = None
-        if hook.source == "clear" and claude_pid:
+        if source == "clear" and claude_pid:
             previous = await self.db(lambda s: s.session_for_pid(claude_pid))
-            if previous is not None and previous.session_id != hook.session_id:
+            if (
+                previous is not None
+                and previous.session_id != session_id
+                and liveness.is_alive(claude_pid, previous.pid_started)  # the same process, not a reused pid
+            ):
                 rename_from = previous.mailbox
-        project_dir = hook.raw.get("project_dir") if isinstance(hook.raw.get("project_dir"), str) else hook.cwd
         rename: Rename | None = await self.db(
             lambda s: s.register_session(
-                session_id=hook.session_id,
+                session_id=session_id,
                 mailbox=mailbox,
                 claude_pid=claude_pid,
                 pid_started=pid_started,
-                cwd=hook.cwd,
+                cwd=cwd,
                 project_dir=project_dir,
-                source=hook.source,
+                source=source,
                 rename_from=rename_from,
             )
         )
         if rename is not None:
             self.waiters.notify(rename.old, Wake("renamed", rename.new))
         views, pending = await self.list(mailbox)
-        cutoff = iso_before(PEER_WINDOW_SECONDS)
-        peers = [
-            hooktext.Peer(v.mailbox.name, v.mailbox.project_dir, v.alive, v.mailbox.pending, v.state == "alive")
-            for v in views
-            if v.mailbox.name != mailbox and v.mailbox.last_seen >= cutoff and v.state in ("alive", "client")
-        ]
-        context = hooktext.session_start_context(mailbox, peers, pending, rename.old if rename else None, not fixed)
-        return HookReply(stdout=hooktext.context_output("SessionStart", context))
+        return SessionStarted(mailbox, views, pending, rename.old if rename else None)
 
-    async def session_mailbox(self, hook: hooktext.HookInput, prefix: str | None) -> str:
+    async def session_mailbox(self, session_id: str, prefix: str | None) -> str:
         """The session's registered mailbox, else the one its id derives to."""
-        session = await self.db(lambda s: s.session(hook.session_id))
+        session = await self.db(lambda s: s.session(session_id))
         if session is not None:
             return session.mailbox
-        return identity.session_mailbox(hook.session_id, prefix or self.config.prefix)
+        return identity.session_mailbox(session_id, prefix or self.config.prefix)
 
-    async def prompt_submit(self, hook: hooktext.HookInput, prefix: str | None, fixed: str | None = None) -> HookReply:
+    async def prompt_submit(self, session_id: str, prefix: str | None, fixed: str | None, budget: int) -> Lease:
+        """The mail for a prompt about to be sent, under a lease, within `budget` rendered characters."""
         if fixed:
             mailbox = identity.validate_name(fixed, "X-Mailbox header")
         else:
-            mailbox = await self.session_mailbox(hook, prefix)
-        consumed = await self.db(
-            lambda s: s.consume(
-                mailbox,
-                budget=hooktext.mail_budget(),
-                cost=lambda m: len(hooktext.render_message(m)) + 1,
-                skip_oversized=True,  # one huge message must not hold back the mail behind it
-            )
-        )
-        if not consumed.messages and not consumed.remaining:
-            return HookReply()
-        context = hooktext.mail_context(consumed.messages, consumed.remaining, consumed.oversized)
-        return HookReply(stdout=hooktext.context_output("UserPromptSubmit", context), delivered=consumed.messages)
+            mailbox = await self.session_mailbox(session_id, prefix)
+        return await self.take(mailbox, budget, cost="rendered", skip_oversized=True)
 
-    async def session_end(self, hook: hooktext.HookInput) -> HookReply:
-        session = await self.db(lambda s: s.end_session(hook.session_id, hook.reason))
-        if session is not None:
-            self.waiters.stop_exclusive(f"stop:{session.session_id}")
-        return HookReply()
+    async def session_end(self, session_id: str, reason: str | None, claude_pid: int | None) -> None:
+        """End a session. Only its own Claude Code process may end it while that process runs."""
+        session = await self.db(lambda s: s.session(session_id))
+        if session is None:
+            return
+        if (
+            session.claude_pid
+            and claude_pid != session.claude_pid
+            and liveness.is_alive(session.claude_pid, session.pid_started)
+        ):
+            raise IdentityMismatch(f"only the Claude Code process of session {session_id!r} may end it")
+        ended = await self.db(lambda s: s.end_session(session_id, reason))
+        if ended is not None:
+            self.waiters.stop_exclusive(f"stop:{ended.session_id}")
 
-    async def stop_wait(
-        self, hook: hooktext.HookInput, prefix: str | None, still_connected: Callable[[], bool]
-    ) -> HookReply:
-        """The asyncRewake Stop hook: in collaboration mode, hold until mail arrives, then hand it
-        to Claude (stderr + exit 2 starts a new turn). Otherwise return at once."""
-        session = await self.db(lambda s: s.session(hook.session_id))
+    async def stop_wait(self, session_id: str, still_connected: Callable[[], bool], budget: int) -> WatchResult | None:
+        """The asyncRewake Stop hook: in collaboration mode, hold until mail arrives and return it
+        (under its lease). Otherwise, or when the wait ends without mail, None."""
+        session = await self.db(lambda s: s.session(session_id))
         if session is None or not session.collaborate or session.ended_at:
-            return HookReply()
+            return None
         pid, started = session.claude_pid, session.pid_started
 
         def deliverable() -> bool:
@@ -324,24 +393,28 @@ class MailboxService:
         try:
             while True:
                 deadline = time.monotonic() + STOP_RECHECK_SECONDS
-                result = await self._wait(waiter, deadline, deliverable, hooktext.mail_budget())
+                result = await self._wait(waiter, deadline, deliverable, budget)
                 if result.event == "mail":
-                    return HookReply(stderr=hooktext.wake_text(result.messages), exit_code=2, delivered=result.messages)
+                    return result
                 if result.event == "shutdown":
                     raise ShuttingDown("the daemon is shutting down; reconnect to the next one")
                 if result.event != "timeout" or not deliverable():
-                    return HookReply()  # replaced, stopped (collaboration off, session end), renamed
+                    return None  # replaced, stopped (collaboration off, session end), renamed
         finally:
             self.waiters.unregister(waiter)
 
-    async def set_collaborate(self, mailbox: str, on: bool) -> bool:
+    async def set_collaborate(self, mailbox: str, on: bool, caller: Caller) -> None:
+        """Switch collaboration mode of the session owning `mailbox`: only that session may (its
+        X-Mailbox header or its Claude Code process)."""
         identity.validate_name(mailbox)
-        found = await self.db(lambda s: s.set_collaborate(mailbox, on))
+        owner = await self.db(lambda s: s.session_for_mailbox(mailbox))
+        if owner is None:
+            raise NotFound(f"no Claude Code session owns mailbox {mailbox!r}")
+        if caller.header_name != mailbox and (caller.claude_pid is None or caller.claude_pid != owner.claude_pid):
+            raise IdentityMismatch(f"only the session of mailbox {mailbox!r} may switch its collaboration mode")
+        await self.db(lambda s: s.set_collaborate(mailbox, on))
         if not on:
-            session = await self.db(lambda s: s.session_for_mailbox(mailbox))
-            if session is not None:
-                self.waiters.stop_exclusive(f"stop:{session.session_id}")
-        return found
+            self.waiters.stop_exclusive(f"stop:{owner.session_id}")
 
     async def collaborating(self, mailbox: str) -> bool:
         identity.validate_name(mailbox)
@@ -367,6 +440,20 @@ class MailboxService:
         cutoff = iso_before(older_than_days * 86400)
         return await self.db(lambda s: s.prune(cutoff, dry_run=dry_run))
 
+    async def own_inbox(self, name: object, caller: Caller) -> str:
+        """The inbox a consuming read may take: the caller's own (X-Mailbox, else its Claude Code
+        session); an explicit `name` must equal it, as REST's require_owner demands."""
+        wanted = identity.validate_name(name, "name") if name is not None and name != "" else None
+        try:
+            own = await self.resolve_caller(None, caller, "name")
+        except IdentityRequired:
+            if wanted is None:
+                raise
+            raise IdentityRequired("the X-Mailbox header is required and must equal `name`") from None
+        if wanted is not None and wanted != own:
+            raise IdentityMismatch(f"mailbox {own!r} may not read the inbox of {wanted!r}")
+        return own
+
     def require_owner(self, name: str, header_name: str | None) -> None:
         """Consuming an inbox needs the X-Mailbox header to name it (the seed's rule)."""
         if not header_name:
@@ -376,3 +463,39 @@ class MailboxService:
 
     def info(self) -> dict[str, Any]:
         return {"dbPath": str(self.config.database), "port": self.config.port, "waiters": self.waiters.total()}
+
+    # --- the human view (issue 14): watching, never consuming ------------------------------------
+
+    async def feed(
+        self,
+        after_id: int | None,
+        limit: int,
+        only: FeedFilter,
+        *,
+        wait: float = 0.0,
+        still_connected: Callable[[], bool] = lambda: True,
+    ) -> FeedPage:
+        """Mail for people watching (store.feed), long-polled: with `after_id` and `wait`, answer as
+        soon as newer matching mail is stored, else after `wait` seconds with none. Reads only."""
+        for value, field in ((only.name, "name"), (only.peer, "peer")):
+            if value is not None:
+                identity.validate_name(value, field)
+        if only.peer is not None and only.name is None:
+            raise InvalidInput("peer needs name (the conversation between name and peer)")
+        deadline = time.monotonic() + max(0.0, min(wait, MAX_WATCH_SECONDS))
+        waiter = self.waiters.watch_all()  # registered before the read: no send slips in between
+        try:
+            while True:
+                start = after_id
+                messages, cursor = await self.db(lambda s: s.feed(start, limit, only))  # noqa: B023 (awaited here)
+                if messages or start is None or not still_connected():
+                    return messages, cursor
+                after_id = cursor  # mail that did not match moves the cursor on
+                wake = await waiter.next(deadline - time.monotonic())
+                if wake is None or wake.kind != "mail":
+                    return messages, cursor
+        finally:
+            self.waiters.unregister(waiter)
+
+
+FeedPage = tuple[list[Message], int]  # messages for people watching, and the cursor to continue after

@@ -3,22 +3,38 @@
 Concurrency: every write runs inside `BEGIN IMMEDIATE`, so several processes may share one database
 file and each message is still delivered exactly once. Pending lookups use a partial index on
 undelivered mail, so their cost does not grow with the delivered history.
+
+Delivery is lease, then acknowledgement: `lease()` hands pending mail out under a lease stored in the
+database, `ack()` marks it delivered. A lease that expires (the reader died, the daemon was killed, the
+answer was lost) gives its messages back, in their original order, counted in `attempts`. Lease state
+lives in the small `inflight` table, not in `messages`: SQLite rewrites a whole row on UPDATE, and a
+row holds a body of up to 64 KiB. Budgets are met in SQL from body sizes kept in the pending index
+(`chars`, `quoted`), so a read of a full inbox loads only the bodies it returns.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import apsw
 
-from claude_mailbox.errors import MailboxError, MailboxFull, StorageFull, StoreBusy, StoreUnavailable
+from claude_mailbox.errors import (
+    LeaseNotFound,
+    MailboxError,
+    MailboxFull,
+    StorageFull,
+    StoreBusy,
+    StoreUnavailable,
+)
 from claude_mailbox.messages import Message
 
 
@@ -32,11 +48,41 @@ def iso_before(seconds: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def iso_after(seconds: float) -> str:
+    return iso_before(-seconds)
+
+
+IDEMPOTENCY_SECONDS = 24 * 3600  # a repeated send with the same key within this window stores nothing
+ISO_LENGTH = len("2026-01-01T00:00:00.000Z")  # every created_at is now_iso()'s fixed-width form
+
+# What a message costs against a budget, in SQL over the pending index (no body is read):
+# "chars" the body's characters (maxChars, the seed's meaning); "rendered" one hook line
+# (hooktext.render_message + newline); "json" its bytes in a JSON answer (ensure_ascii, with the
+# delivery fields), so a page of them stays within max_response_bytes.
+Cost = Literal["chars", "rendered", "json"]
+_COST_SQL: dict[str, str] = {
+    "chars": "m.chars",
+    "rendered": f"m.quoted + length(m.sender) + length(m.id) + {len('Message # from  at : ') + ISO_LENGTH + 1}",
+    "json": "m.quoted + length(m.sender) + length(m.id) + 120",
+}
+
+
 @dataclass(frozen=True)
-class Consumed:
+class Lease:
+    """Messages handed out under a lease: delivered only when `ack` names `id` before `expires_at`."""
+
+    id: str | None  # None when nothing was taken (no lease to acknowledge)
+    mailbox: str
+    expires_at: str | None
     messages: list[Message]
-    remaining: int  # still pending after this call (left for the next check)
+    remaining: int  # pending and not under a live lease after this call (left for the next read)
     oversized: int = 0  # of those, skipped because each alone exceeds the budget (skip_oversized)
+
+
+@dataclass(frozen=True)
+class Sent:
+    message: Message
+    repeated: bool  # an idempotency key seen within the window: the original, nothing new stored
 
 
 @dataclass(frozen=True)
@@ -127,8 +173,88 @@ def _migration_2_sessions(db: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_migration_1_messages, _migration_2_sessions]
+def _migration_3_delivery(db: apsw.Connection) -> None:
+    """Leases then acknowledgement, kept pending counts, body sizes in the pending index, and
+    idempotency keys. Delivered mail stays delivered, pending mail stays pending (no lease)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+    for column in ("chars", "quoted"):
+        if column not in columns:
+            db.execute(f"ALTER TABLE messages ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+    # Sizes of the mail that is still pending (delivered mail is never budgeted again).
+    sizes = [
+        (len(body), len(json.dumps(body)), message_id)
+        for message_id, body in db.execute("SELECT id, body FROM messages WHERE delivered_at IS NULL")
+    ]
+    db.executemany("UPDATE messages SET chars = ?, quoted = ? WHERE id = ?", sizes)
+    db.execute(
+        """
+        DROP INDEX IF EXISTS messages_pending;
+        CREATE INDEX messages_pending ON messages (recipient, id, chars, quoted, sender)
+            WHERE delivered_at IS NULL;
+        CREATE TABLE IF NOT EXISTS leases (
+            id TEXT PRIMARY KEY,
+            mailbox TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            count INTEGER NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS leases_expiry ON leases (expires_at);
+        CREATE INDEX IF NOT EXISTS leases_mailbox ON leases (mailbox, expires_at);
+        CREATE TABLE IF NOT EXISTS inflight (
+            message_id INTEGER PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+            lease_id TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX IF NOT EXISTS inflight_lease ON inflight (lease_id) WHERE lease_id IS NOT NULL;
+        CREATE TABLE IF NOT EXISTS pending_counts (
+            mailbox TEXT PRIMARY KEY,
+            pending INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        DELETE FROM pending_counts;
+        INSERT INTO pending_counts (mailbox, pending)
+            SELECT recipient, count(*) FROM messages WHERE delivered_at IS NULL GROUP BY recipient;
+        CREATE TABLE IF NOT EXISTS idempotency (
+            sender TEXT NOT NULL,
+            key TEXT NOT NULL,
+            message_id INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (sender, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency (created_at);
+        -- The pending count of a mailbox changes in the same transaction as the mail, whoever writes it.
+        CREATE TRIGGER IF NOT EXISTS pending_on_insert AFTER INSERT ON messages WHEN new.delivered_at IS NULL
+        BEGIN
+            INSERT INTO pending_counts (mailbox, pending) VALUES (new.recipient, 1)
+                ON CONFLICT (mailbox) DO UPDATE SET pending = pending + 1;
+        END;
+        CREATE TRIGGER IF NOT EXISTS pending_on_update AFTER UPDATE OF recipient, delivered_at ON messages
+        WHEN (old.delivered_at IS NULL) != (new.delivered_at IS NULL) OR old.recipient != new.recipient
+        BEGIN
+            UPDATE pending_counts SET pending = pending - 1
+                WHERE mailbox = old.recipient AND old.delivered_at IS NULL;
+            INSERT INTO pending_counts (mailbox, pending) SELECT new.recipient, 1 WHERE new.delivered_at IS NULL
+                ON CONFLICT (mailbox) DO UPDATE SET pending = pending + 1;
+        END;
+        CREATE TRIGGER IF NOT EXISTS pending_on_delete AFTER DELETE ON messages WHEN old.delivered_at IS NULL
+        BEGIN
+            UPDATE pending_counts SET pending = pending - 1 WHERE mailbox = old.recipient;
+        END;
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[apsw.Connection], None]] = [
+    _migration_1_messages,
+    _migration_2_sessions,
+    _migration_3_delivery,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _rows(db: apsw.Connection, sql: str, bindings: tuple[Any, ...] | dict[str, Any] = ()) -> list[Any]:
+    """All result rows, typed loosely: SQLite values are checked where they are used."""
+    rows: list[Any] = db.execute(sql, bindings).fetchall()
+    return rows
 
 
 @contextlib.contextmanager
@@ -208,13 +334,13 @@ class Store:
             with contextlib.suppress(apsw.Error):
                 self.db.execute("ROLLBACK")
 
-    def _read(self, sql: str, bindings: tuple[Any, ...] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+    def _read(self, sql: str, bindings: tuple[Any, ...] | dict[str, Any] = ()) -> list[Any]:
         with _translated_errors(self.path, self.db):
-            return self.db.execute(sql, bindings).fetchall()
+            return _rows(self.db, sql, bindings)
 
     def _migrate(self) -> None:
         with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchall()[0][0]
+            version = int(_rows(db, "PRAGMA user_version")[0][0])
             if version > SCHEMA_VERSION:
                 raise MailboxError(
                     f"{self.path} was written by a newer claude-mailbox (schema {version}); upgrade to open it"
@@ -251,22 +377,32 @@ class Store:
         with self._write() as db:
             self._touch(db, name, now_iso())
 
-    def resolve(self, name: str) -> str:
-        """Follow the alias a /clear left behind: mail to the old name reaches the new one."""
-        rows = self._read("SELECT alias_of FROM mailboxes WHERE name = ?", (name,))
-        return rows[0][0] if rows and rows[0][0] else name
-
     def alias_target(self, name: str) -> str | None:
+        """The mailbox a /clear renamed `name` to (mail to the old name reaches it), else None."""
         rows = self._read("SELECT alias_of FROM mailboxes WHERE name = ?", (name,))
         return rows[0][0] if rows else None
 
     # --- messages -----------------------------------------------------------------------------
 
-    def send(self, sender: str, recipient: str, body: str, *, max_pending: int | None = None) -> Message:
+    def send(
+        self,
+        sender: str,
+        recipient: str,
+        body: str,
+        *,
+        max_pending: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Sent:
+        """Store one message. With an `idempotency_key` already used by this sender within
+        IDEMPOTENCY_SECONDS, return that first message (`repeated`) and store nothing."""
         at = now_iso()
         with self._write() as db:
-            alias = db.execute("SELECT alias_of FROM mailboxes WHERE name = ?", (recipient,)).fetchall()
-            target = alias[0][0] if alias and alias[0][0] else recipient
+            if idempotency_key is not None:
+                original = self._idempotent_original(db, sender, idempotency_key)
+                if original is not None:
+                    return Sent(original, repeated=True)
+            alias = _rows(db, "SELECT alias_of FROM mailboxes WHERE name = ?", (recipient,))
+            target: str = alias[0][0] if alias and alias[0][0] else recipient
             if max_pending is not None:
                 pending = self._pending_count(db, target)
                 if pending >= max_pending:
@@ -276,77 +412,165 @@ class Store:
                     )
             self._touch(db, sender, at)
             self._ensure(db, target, at)
-            row = db.execute(
-                "INSERT INTO messages (sender, recipient, body, created_at) VALUES (?, ?, ?, ?) RETURNING id",
-                (sender, target, body, at),
-            ).fetchall()
-        return Message(row[0][0], sender, target, body, at)
+            row = _rows(
+                db,
+                "INSERT INTO messages (sender, recipient, body, created_at, chars, quoted) VALUES (?, ?, ?, ?, ?, ?)"
+                " RETURNING id",
+                (sender, target, body, at, len(body), len(json.dumps(body))),
+            )
+            if idempotency_key is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO idempotency (sender, key, message_id, created_at) VALUES (?, ?, ?, ?)",
+                    (sender, idempotency_key, row[0][0], at),
+                )
+        return Sent(Message(row[0][0], sender, target, body, at), repeated=False)
+
+    def _idempotent_original(self, db: apsw.Connection, sender: str, key: str) -> Message | None:
+        # Keys older than the window are forgotten here (an index range, usually empty): no timer needed.
+        db.execute("DELETE FROM idempotency WHERE created_at < ?", (iso_before(IDEMPOTENCY_SECONDS),))
+        rows = _rows(
+            db,
+            "SELECT m.id, m.sender, m.recipient, m.body, m.created_at, m.delivered_at FROM idempotency k"
+            " JOIN messages m ON m.id = k.message_id WHERE k.sender = ? AND k.key = ?",
+            (sender, key),
+        )
+        return Message(*rows[0]) if rows else None
 
     @staticmethod
     def _pending_count(db: apsw.Connection, name: str) -> int:
-        return int(
-            db.execute(
-                "SELECT count(*) FROM messages WHERE recipient = ? AND delivered_at IS NULL", (name,)
-            ).fetchall()[0][0]
-        )
+        """Kept, not counted: one row per mailbox, maintained by triggers on `messages`."""
+        rows = _rows(db, "SELECT pending FROM pending_counts WHERE mailbox = ?", (name,))
+        return int(rows[0][0]) if rows else 0
 
-    def consume(
+    # --- delivery: lease, then acknowledge ------------------------------------------------------
+
+    def lease(
         self,
         name: str,
         *,
+        lease_seconds: float,
         budget: int | None = None,
-        cost: Callable[[Message], int] = lambda message: len(message.body),
+        cost: Cost = "chars",
         limit: int | None = None,
         skip_oversized: bool = False,
-    ) -> Consumed:
-        """Mark pending mail delivered and return it, oldest first, exactly once across processes.
+        max_bytes: int | None = None,
+    ) -> Lease:
+        """Hand out pending mail not under a live lease, oldest first, under a new lease.
 
-        With a `budget`, messages are taken in order while their summed `cost` fits (the hook's
-        context cap); the rest stay pending for the next call. A first message that alone exceeds
-        the budget is left pending too, for a reader without that limit. With `skip_oversized`,
-        such a message (one that can never fit) is stepped over instead of blocking the mail
-        behind it, and counted in `oversized`.
+        With a `budget`, messages are taken in order while their summed `cost` fits; the rest stay
+        for the next read. A first message that alone exceeds the budget is left too (for a reader
+        without that limit). With `skip_oversized`, messages that can never fit are stepped over and
+        counted in `oversized`. `max_bytes` bounds the JSON answer (the first message is always taken,
+        so paging makes progress). Only the chosen messages' bodies are read.
         """
         at = now_iso()
         with self._write() as db:
             self._touch(db, name, at)
-            rows = db.execute(
-                "SELECT id, sender, body, created_at FROM messages"
-                " WHERE recipient = ? AND delivered_at IS NULL ORDER BY id LIMIT ?",
-                (name, limit if limit is not None else -1),
+            self._expire(db, at)
+            cost_sql = _COST_SQL[cost]
+            fits = f" AND {cost_sql} <= :budget" if skip_oversized and budget is not None else ""
+            free = (
+                "FROM messages m INDEXED BY messages_pending"
+                " WHERE m.recipient = :name AND m.delivered_at IS NULL AND NOT EXISTS"
+                " (SELECT 1 FROM inflight f WHERE f.message_id = m.id AND f.lease_id IS NOT NULL)"
+            )
+            bindings = {"name": name, "budget": budget}
+            chosen: list[int] = []
+            used = used_bytes = 0
+            selection = f"SELECT m.id, {cost_sql}, {_COST_SQL['json']} {free}{fits} ORDER BY m.id"
+            for message_id, size, json_size in db.execute(selection, bindings):
+                if limit is not None and len(chosen) >= limit:
+                    break
+                if budget is not None and used + size > budget:
+                    break
+                if max_bytes is not None and chosen and used_bytes + json_size > max_bytes:
+                    break
+                used += size
+                used_bytes += json_size
+                chosen.append(message_id)
+            oversized = 0
+            if fits:
+                oversized = int(_rows(db, f"SELECT count(*) {free} AND {cost_sql} > :budget", bindings)[0][0])
+            live = "SELECT coalesce(sum(count), 0) FROM leases WHERE mailbox = ? AND expires_at > ?"
+            leased = int(_rows(db, live, (name, at))[0][0])
+            remaining = self._pending_count(db, name) - leased - len(chosen)
+            if not chosen:
+                return Lease(None, name, None, [], max(0, remaining), oversized)
+            lease_id = secrets.token_urlsafe(18)
+            expires_at = iso_after(lease_seconds)
+            db.execute(
+                "INSERT INTO leases (id, mailbox, expires_at, created_at, count) VALUES (?, ?, ?, ?, ?)",
+                (lease_id, name, expires_at, at, len(chosen)),
+            )
+            db.executemany(
+                "INSERT INTO inflight (message_id, lease_id, attempts) VALUES (?, ?, 1)"
+                " ON CONFLICT (message_id) DO UPDATE SET lease_id = excluded.lease_id, attempts = attempts + 1",
+                [(message_id, lease_id) for message_id in chosen],
+            )
+            rows: list[Any] = db.execute(
+                "SELECT m.id, m.sender, m.body, m.created_at, f.attempts FROM inflight f"
+                " JOIN messages m ON m.id = f.message_id WHERE f.lease_id = ? ORDER BY m.id",
+                (lease_id,),
             ).fetchall()
-            taken: list[Message] = []
-            used = oversized = 0
-            for message_id, sender, body, created_at in rows:
-                message = Message(message_id, sender, name, body, created_at, at)
-                if budget is not None:
-                    size = cost(message)
-                    if skip_oversized and size > budget:
-                        oversized += 1
-                        continue
-                    used += size
-                    if used > budget:
-                        break
-                taken.append(message)
-            if taken:
-                db.executemany("UPDATE messages SET delivered_at = ? WHERE id = ?", [(at, m.id) for m in taken])
-            remaining = self._pending_count(db, name)
-        return Consumed(taken, remaining, oversized)
+        messages = [
+            Message(i, sender, name, body, created, None, attempts) for i, sender, body, created, attempts in rows
+        ]
+        return Lease(lease_id, name, expires_at, messages, max(0, remaining), oversized)
 
-    def undeliver(self, message_ids: list[int]) -> None:
-        """Put messages back in the inbox (a watcher vanished before it could receive them)."""
+    def ack(self, name: str, lease_id: str) -> int:
+        """Mark a live lease's messages delivered; returns how many. A lease that is unknown,
+        expired (its mail went back to the inbox) or another mailbox's is LeaseNotFound."""
+        at = now_iso()
         with self._write() as db:
-            db.executemany("UPDATE messages SET delivered_at = NULL WHERE id = ?", [(i,) for i in message_ids])
+            found: list[Any] = db.execute("SELECT mailbox, expires_at FROM leases WHERE id = ?", (lease_id,)).fetchall()
+            if not found or found[0][0] != name or found[0][1] <= at:
+                raise LeaseNotFound(
+                    f"no open lease {lease_id!r} for mailbox {name!r}: it was never given out, is already "
+                    "acknowledged, or expired (then its messages went back to the inbox and come again)"
+                )
+            db.execute(
+                "UPDATE messages SET delivered_at = ? WHERE id IN (SELECT message_id FROM inflight WHERE lease_id = ?)"
+                " AND delivered_at IS NULL",
+                (at, lease_id),
+            )
+            acked = int(db.changes())
+            db.execute("DELETE FROM inflight WHERE lease_id = ?", (lease_id,))
+            db.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+        return acked
+
+    def release(self, lease_id: str) -> None:
+        """Give a lease's messages back at once (the answer carrying them could not be written)."""
+        with self._write() as db:
+            self._return(db, "lease_id = ?", (lease_id,))
+            db.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+
+    def expire_leases(self) -> None:
+        """Give the messages of every expired lease back (also done by each `lease`)."""
+        with self._write() as db:
+            self._expire(db, now_iso())
+
+    def _expire(self, db: apsw.Connection, at: str) -> None:
+        self._return(db, "lease_id IN (SELECT id FROM leases WHERE expires_at <= ?)", (at,))
+        db.execute("DELETE FROM leases WHERE expires_at <= ?", (at,))
+
+    @staticmethod
+    def _return(db: apsw.Connection, condition: str, bindings: tuple[Any, ...]) -> None:
+        db.execute(f"UPDATE inflight SET lease_id = NULL WHERE {condition}", bindings)
 
     def peek(self, name: str) -> tuple[int, str | None]:
-        """(pending count, oldest pending time) without consuming anything."""
+        """(pending count, oldest pending time) without taking anything. Mail under a live lease is
+        still pending: it is delivered only when acknowledged."""
+        with _translated_errors(self.path, self.db):
+            count = self._pending_count(self.db, name)
+        if not count:
+            return 0, None
         rows = self._read(
-            "SELECT count(*), min(created_at) FROM messages WHERE recipient = ? AND delivered_at IS NULL", (name,)
+            "SELECT created_at FROM messages WHERE recipient = ? AND delivered_at IS NULL ORDER BY id LIMIT 1", (name,)
         )
-        return int(rows[0][0]), rows[0][1]
+        return count, rows[0][0] if rows else None
 
     def pending_counts(self) -> dict[str, int]:
-        rows = self._read("SELECT recipient, count(*) FROM messages WHERE delivered_at IS NULL GROUP BY recipient")
+        rows = self._read("SELECT mailbox, pending FROM pending_counts WHERE pending > 0")
         return {name: int(count) for name, count in rows}
 
     def message(self, message_id: int) -> Message | None:
@@ -380,7 +604,7 @@ class Store:
         refusals = (
             "SELECT 1 FROM sessions WHERE mailbox = :name LIMIT 1",
             "SELECT 1 FROM mailboxes WHERE name = :name AND alias_of IS NOT NULL",
-            "SELECT 1 FROM messages WHERE recipient = :name AND delivered_at IS NULL LIMIT 1",
+            "SELECT 1 FROM pending_counts WHERE mailbox = :name AND pending > 0",
             "SELECT 1 FROM messages WHERE (sender = :name OR recipient = :name) AND sender != recipient LIMIT 1",
         )
         with self._write() as db:
@@ -395,7 +619,7 @@ class Store:
         rows = self._read(
             """
             SELECT m.name, m.created_at, m.last_seen, m.alias_of,
-                   (SELECT count(*) FROM messages WHERE recipient = m.name AND delivered_at IS NULL),
+                   coalesce((SELECT pending FROM pending_counts WHERE mailbox = m.name), 0),
                    s.session_id, s.claude_pid, s.pid_started, s.project_dir, s.ended_at, s.collaborate
             FROM mailboxes m
             LEFT JOIN sessions s ON s.session_id = (
@@ -440,7 +664,7 @@ class Store:
 
     def _session_from(self, row: tuple[Any, ...]) -> Session:
         *head, collaborate = row
-        return Session(*head, collaborate=bool(collaborate))
+        return Session(*head, collaborate=bool(collaborate))  # type: ignore[misc]  # head: the 9 other columns
 
     def session(self, session_id: str) -> Session | None:
         rows = self._read(f"SELECT {self._SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,))
@@ -533,3 +757,48 @@ class Store:
                 (1 if on else 0, mailbox),
             )
             return db.changes() > 0
+
+    # --- the human view (issue 14): read-only, never leases or acknowledges ----------------------
+
+    def feed(self, after_id: int | None, limit: int, only: FeedFilter | None = None) -> tuple[list[Message], int]:
+        """Mail in id order for people watching (the web page, `tail`), and the cursor to continue after.
+
+        `after_id` None: the newest `limit` messages; else the oldest `limit` after it (pages forward).
+        Reads only: `delivered_at` tells whether the recipient has read a message; nothing is taken.
+        """
+        name, peer, since = (only.name, only.peer, only.since) if only else (None, None, None)
+        with _translated_errors(self.path, self.db):
+            # The newest id first, and nothing newer read: a send between the two reads is not skipped.
+            newest = int(_rows(self.db, "SELECT coalesce(max(id), 0) FROM messages")[0][0])
+            where = ["id <= :newest"]
+            if after_id is not None:
+                where.append("id > :after")
+            if name is not None and peer is not None:
+                where.append("((sender = :name AND recipient = :peer) OR (sender = :peer AND recipient = :name))")
+            elif name is not None:
+                where.append("(sender = :name OR recipient = :name)")
+            if since is not None:
+                where.append("created_at >= :since")
+            order = "ASC" if after_id is not None else "DESC"
+            rows = _rows(
+                self.db,
+                "SELECT id, sender, recipient, body, created_at, delivered_at FROM messages"
+                f" WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT :limit",
+                {"newest": newest, "after": after_id, "limit": limit, "name": name, "peer": peer, "since": since},
+            )
+        messages = [Message(*row) for row in rows]
+        if order == "DESC":
+            messages.reverse()
+            return messages, newest
+        full_page = limit > 0 and len(messages) == limit
+        return messages, messages[-1].id if full_page else max(newest, after_id or 0)
+
+
+@dataclass(frozen=True)
+class FeedFilter:
+    """Which mail a feed shows: `name` from or to it; with `peer` too, only between the two;
+    `since` created at or after (ISO, UTC)."""
+
+    name: str | None = None
+    peer: str | None = None
+    since: str | None = None

@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from claude_mailbox.errors import IdentityRequired
+from claude_mailbox.errors import IdentityRequired, InvalidInput
+from claude_mailbox.schemas import mailbox_json
 from claude_mailbox.service import Caller, MailboxService
 
 ToolFunction = Callable[[MailboxService, dict[str, Any], Caller], Awaitable[dict[str, Any]]]
@@ -33,14 +34,31 @@ class Tool:
 
 async def send(service: MailboxService, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
     sender = await service.resolve_caller(args.get("from"), caller, "from")
-    message = await service.send(sender, args.get("to"), args.get("body"))
-    return {"id": message.id, "from": message.sender, "to": message.recipient, "createdAt": message.created_at}
+    sent = await service.send(sender, args.get("to"), args.get("body"), args.get("idempotencyKey"))
+    message = sent.message
+    result = {"id": message.id, "from": message.sender, "to": message.recipient, "createdAt": message.created_at}
+    return {**result, "repeated": True} if sent.repeated else result
+
+
+# The tool result carries the mail twice (text and structured content), JSON-escaped again in the text.
+MCP_EXPANSION = 3
 
 
 async def check_inbox(service: MailboxService, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-    name = await service.resolve_caller(args.get("name"), caller, "name")
-    consumed = await service.check(name)
-    return {"name": name, "messages": [m.to_json() for m in consumed.messages], "remaining": consumed.remaining}
+    name = await service.own_inbox(args.get("name"), caller)
+    lease = await service.take(name, expansion=MCP_EXPANSION)
+    if caller.leases is not None:
+        caller.leases.append(lease)  # acknowledged once the transport has written the result
+    else:
+        await service.settle(lease, written=True)
+    result: dict[str, Any] = {
+        "name": name,
+        "messages": [m.to_json() for m in lease.messages],
+        "remaining": lease.remaining,
+    }
+    if lease.remaining:
+        result["note"] = f"{lease.remaining} more message(s) are waiting: call check_inbox again to read them"
+    return result
 
 
 async def peek_inbox(service: MailboxService, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
@@ -58,20 +76,6 @@ async def list_mailboxes(service: MailboxService, args: dict[str, Any], caller: 
     return {"you": name, "mailboxes": [mailbox_json(v) for v in views], "pendingForYou": pending_for_you}
 
 
-def mailbox_json(view: Any) -> dict[str, Any]:
-    box = view.mailbox
-    return {
-        "name": box.name,
-        "lastSeen": box.last_seen,
-        "pending": box.pending,
-        "state": view.state,
-        "alive": view.alive,
-        "projectDir": box.project_dir,
-        "aliasOf": box.alias_of,
-        "collaborating": box.collaborate and view.alive,
-    }
-
-
 TOOLS: tuple[Tool, ...] = (
     Tool(
         name="send",
@@ -86,6 +90,13 @@ TOOLS: tuple[Tool, ...] = (
                 "to": {**_NAME_SCHEMA, "description": "The recipient's mailbox name, e.g. claude-1a2b3c4d."},
                 "body": {"type": "string", "minLength": 1, "description": "The message text."},
                 "from": {**_NAME_SCHEMA, "description": "Your mailbox name; omit to use this session's."},
+                "idempotencyKey": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 200,
+                    "description": "Optional: a retry with the same key within 24 h returns the first message "
+                    "instead of sending it twice.",
+                },
             },
             "required": ["to", "body"],
             "additionalProperties": False,
@@ -99,7 +110,8 @@ TOOLS: tuple[Tool, ...] = (
         name="check_inbox",
         title="claude-mailbox: check inbox",
         description=(
-            "claude-mailbox: read and mark delivered all unread messages in this session's claude-mailbox inbox."
+            "claude-mailbox: read and mark delivered the unread messages in this session's claude-mailbox inbox "
+            "(a large inbox is read in pages: `remaining` says how many are still waiting)."
         ),
         input_schema={
             "type": "object",
@@ -145,3 +157,10 @@ TOOLS: tuple[Tool, ...] = (
 )
 
 TOOLS_BY_NAME = {tool.name: tool for tool in TOOLS}
+
+
+def check_arguments(tool: Tool, args: dict[str, Any]) -> None:
+    """`additionalProperties: false`, enforced: refused in REST's words for an unknown JSON field."""
+    unknown = set(args) - set(tool.input_schema["properties"])
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")

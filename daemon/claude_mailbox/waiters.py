@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+ANY_MAILBOX = "*"  # not a valid mailbox name: waiters registered here wake on mail to anyone
+
 
 @dataclass(frozen=True)
 class Wake:
@@ -73,6 +75,13 @@ class WaiterRegistry:
     def notify(self, mailbox: str, wake: Wake) -> None:
         for waiter in list(self._by_mailbox.get(mailbox, ())):
             waiter.wake(wake)
+        if wake.kind == "mail" and mailbox != ANY_MAILBOX:
+            for waiter in list(self._by_mailbox.get(ANY_MAILBOX, ())):
+                waiter.wake(wake)
+
+    def watch_all(self) -> Waiter:
+        """A waiter woken by mail to any mailbox (the human view's feed); unregister it as any other."""
+        return self.register(ANY_MAILBOX)
 
     def stop_exclusive(self, key: str) -> None:
         holder = self._exclusive.get(key)
@@ -83,9 +92,6 @@ class WaiterRegistry:
         for waiters in list(self._by_mailbox.values()):
             for waiter in list(waiters):
                 waiter.wake(Wake("shutdown"))
-
-    def count(self, mailbox: str) -> int:
-        return len(self._by_mailbox.get(mailbox, ()))
 
     def holds(self, key: str) -> bool:
         """Is a waiter registered under this exclusive key?"""

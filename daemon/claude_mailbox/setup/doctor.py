@@ -21,7 +21,6 @@ Kept importable on Python 3.9 so that it can say which Python to install.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -31,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from claude_mailbox import paths
+from claude_mailbox import locate, paths
+from claude_mailbox.client import probe_health
 from claude_mailbox.errors import MailboxError
-from claude_mailbox.setup import lifecycle
+from claude_mailbox.setup import lifecycle, venv
 
 MIN_PYTHON = (3, 11)
 PYTHON_NAMES = ("python3.14", "python3.13", "python3.12", "python3.11", "python3", "python")
@@ -174,7 +174,7 @@ class Doctor:
     def check_daemon(self) -> Check:
         python = paths.venv_python(self.venv)
         if self.root is None:
-            if lifecycle.can_run_daemon_here():
+            if venv.can_run_daemon_here():
                 self.own_install = Path(sys.executable)
                 return Check(
                     "daemon", "ok", f"claude-mailbox {self.target} runs from this installation ({sys.executable})"
@@ -185,9 +185,9 @@ class Doctor:
                 "no plugin source tree to install from",
                 "run the doctor from the plugin (/claude-mailbox:mailbox-doctor) or set CLAUDE_PLUGIN_ROOT",
             )
-        problem = "does not exist"
+        problem: str | None = "does not exist"
         if python.exists():
-            problem = lifecycle.probe_problem(lifecycle.probe(python), self.target)
+            problem = venv.probe_problem(venv.probe(python), self.target)
             if problem is None:
                 return Check("daemon", "ok", f"claude-mailbox {self.target} installed in {self.venv}")
         issue = f"the managed environment {self.venv} {problem}"
@@ -203,9 +203,9 @@ class Doctor:
         try:
             if created:
                 self._progress(f"creating {self.venv}")
-                lifecycle.create_venv(self.base_python, self.venv)
+                venv.create_venv(self.base_python, self.venv)
             self._progress(f"installing claude-mailbox {self.target} and its dependencies (pip)")
-            lifecycle.pip_install(python, self.root, first=created)
+            venv.pip_install(python, self.root, first=created)
         except MailboxError as exc:
             return Check(
                 "daemon",
@@ -214,7 +214,7 @@ class Doctor:
                 "pip must reach your package index (or set PIP_INDEX_URL / PIP_FIND_LINKS for a mirror); "
                 "then run the doctor again",
             )
-        problem = lifecycle.probe_problem(lifecycle.probe(python), self.target)
+        problem = venv.probe_problem(venv.probe(python), self.target)
         if problem:
             return Check("daemon", "failed", f"after installing, {self.venv} {problem}", "run the doctor again")
         return Check("daemon", "fixed", f"claude-mailbox {self.target} installed in {self.venv} (from {self.root})")
@@ -240,15 +240,9 @@ class Doctor:
         argv += ["--json"] if self.as_json else []
         argv += ["--prefix", self.prefix] if self.prefix is not None else []
         argv += ["--url", self.url_override] if self.url_override else []
-        code = (
-            "import sys\n"
-            f"sys.path.insert(0, {str(self.root / 'daemon')!r})\n"
-            "from claude_mailbox.cli import main\n"
-            f"sys.exit(main({argv!r}))\n"
-        )
         sys.stdout.flush()
         try:
-            return subprocess.run([str(paths.venv_python(self.venv)), "-I", "-c", code], check=False).returncode
+            return venv.run_cli(self.root, argv, capture=False).returncode
         except OSError as exc:
             self._record(Check("autostart", "failed", f"cannot run {paths.venv_python(self.venv)}: {exc}"))
             return self._finish()
@@ -256,23 +250,25 @@ class Doctor:
     # --- 3. autostart, running, healthy ----------------------------------------------------------
 
     def url(self) -> str:
-        if self.url_override:
-            return self.url_override.rstrip("/")
-        if os.environ.get("CLAUDE_MAILBOX_URL"):
-            return os.environ["CLAUDE_MAILBOX_URL"].rstrip("/")
-        from claude_mailbox import config
-
-        return config.load().url.replace("://0.0.0.0:", "://127.0.0.1:")
+        """The one resolver's answer (flag > $CLAUDE_MAILBOX_URL > daemon.url > config.toml > default)."""
+        return locate.daemon_url(self.url_override)
 
     def check_autostart(self) -> Check:
         from claude_mailbox.setup import autostart
 
-        url = self.url()
+        url, source = locate.resolve(self.url_override)
         python = self.daemon_python()
         mechanism = autostart.installed_mechanism()
         detached_only = mechanism is None and _no_service_manager()
-        health = _health(url)
+        health = probe_health(url, timeout=2.0)
         running = str(health.get("version")) if health else None
+        from claude_mailbox import portholder
+
+        held = portholder.describe(url) if health is None else None
+        if held:
+            return Check(
+                "autostart", "failed", held, "free the port, or move the mailbox as said; then run the doctor again"
+            )
         foreign = _foreign_database(health)
         if foreign:
             return Check(
@@ -290,7 +286,7 @@ class Doctor:
         elif running != self.target:
             issues.append(f"the daemon at {url} runs {running}, not {self.target}")
         if not issues:
-            return Check("autostart", "ok", self._autostart_summary(mechanism, url, running))
+            return Check("autostart", "ok", self._autostart_summary(mechanism, url, source, running))
         if running is not None and mechanism is None and not _pid_file_daemon():
             return Check(
                 "autostart",
@@ -300,7 +296,7 @@ class Doctor:
             )
         how = "start a detached daemon (no service manager is usable here)" if detached_only else "register autostart"
         self._confirm(f"{how}, running claude-mailbox {self.target} at {url}", "; ".join(issues))
-        result = autostart.install(python)
+        result = autostart.install(python, url)
         if lifecycle.daemon_version(url) not in (None, self.target):
             autostart.restart(python, url, START_WAIT_SECONDS)  # it kept running the old version
         autostart.ensure_running(url, python, wait=START_WAIT_SECONDS)
@@ -313,10 +309,10 @@ class Doctor:
                 f"{result.message}; but the daemon at {url} is {state}",
                 f"see the daemon log {paths.log_file()}, then run the doctor again",
             )
-        summary = self._autostart_summary(result.mechanism if not detached_only else None, url, now)
+        summary = self._autostart_summary(result.mechanism if not detached_only else None, url, source, now)
         return Check("autostart", "fixed", summary)
 
-    def _autostart_summary(self, mechanism: Any, url: str, version: str | None) -> str:
+    def _autostart_summary(self, mechanism: Any, url: str, source: str, version: str | None) -> str:
         from claude_mailbox.setup import autostart
 
         if mechanism is None:
@@ -325,7 +321,10 @@ class Doctor:
             how = f"no service manager is usable here, so {runs} and sessions start it on demand"
         else:
             how = f"{mechanism.value} ({_installed_location() or autostart.UNIT_NAME})"
-        return f"{how}; daemon {version} healthy at {url}"
+        from claude_mailbox.setup import status
+
+        note = status.mcp_note(url, source)
+        return f"{how}; daemon {version} healthy at {url} (address from {source})" + (f"; {note}" if note else "")
 
     # --- 4. prefix ------------------------------------------------------------------------------
 
@@ -485,15 +484,6 @@ def _installed_location() -> str | None:
     from claude_mailbox.setup import autostart
 
     return autostart.installed_location()
-
-
-def _health(url: str) -> dict[str, Any] | None:
-    from claude_mailbox.client import MailboxClient
-
-    try:
-        return MailboxClient(url, timeout=2.0).health()
-    except MailboxError:
-        return None
 
 
 def _foreign_database(health: dict[str, Any] | None) -> str | None:

@@ -21,35 +21,29 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from claude_mailbox import __version__, paths
-from claude_mailbox.client import MailboxClient
+from claude_mailbox import __version__, fsutil, paths
+from claude_mailbox.client import probe_health
 from claude_mailbox.errors import MailboxError
 from claude_mailbox.locate import daemon_url
-from claude_mailbox.setup import autostart
+from claude_mailbox.setup import autostart, venv
+from claude_mailbox.setup.venv import (
+    PIP_TIMEOUT_SECONDS,
+    can_run_daemon_here,
+    installed_version,
+    managed_python,
+    pip_install,
+    probe,
+    probe_problem,
+    run_cli,
+)
 
 START_WAIT_SECONDS = 2.0
 RESTART_WAIT_SECONDS = 15.0
 HOOK_BUDGET_SECONDS = 50.0  # the SessionStart hook's timeout is 60 s (hooks/hooks.json)
-PIP_TIMEOUT_SECONDS = 600.0  # doctor and `update`: a first install downloads the dependencies
-PROBE_TIMEOUT_SECONDS = 60.0
 UPDATE_LOCK = "update.lock"
-# What the daemon imports; the probe checks them in the managed environment.
-DAEMON_MODULES = ("aiohttp", "mcp", "apsw", "psutil", "tomli_w")
 _VERSION_LINE = re.compile(r"""^__version__\s*=\s*["']([^"']+)["']""", re.MULTILINE)
-_PROBE = (
-    "import json, importlib.util as u, claude_mailbox as c\n"
-    "missing = [m for m in {modules!r} if u.find_spec(m) is None]\n"
-    "error = None\n"
-    "if not missing:\n"
-    "    try:\n"
-    "        import claude_mailbox.server\n"
-    "    except Exception as exc:\n"
-    "        error = f'{{type(exc).__name__}}: {{exc}}'\n"
-    "print(json.dumps({{'version': c.__version__, 'file': c.__file__, 'missing': missing, 'error': error}}))\n"
-)
 
 
 # --- the plugin and its versions -------------------------------------------------------------------
@@ -88,165 +82,12 @@ def should_update(running: str, target: str) -> bool:
     return running != target and version_key(running) <= version_key(target)
 
 
-def installed_version(venv: Path) -> str | None:
-    """The claude-mailbox version pip recorded in the environment (no interpreter started)."""
-    patterns = ("lib/python3*/site-packages/claude_mailbox-*.dist-info", "Lib/site-packages/claude_mailbox-*.dist-info")
-    for pattern in patterns:
-        for info in sorted(venv.glob(pattern)):
-            return info.name[len("claude_mailbox-") : -len(".dist-info")]
-    return None
-
-
-def build_requirements(root: Path) -> list[str]:
-    """[build-system] requires: installed into the managed environment too, so that a later update
-    can build the new version without an index (`--no-build-isolation`)."""
-    try:
-        import tomllib
-
-        data = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
-        requires = data.get("build-system", {}).get("requires", [])
-    except (ImportError, OSError, ValueError):
-        return []
-    return [str(item) for item in requires if isinstance(item, str)]
-
-
-# --- the managed environment -----------------------------------------------------------------------
-
-
-def managed_python() -> Path:
-    return paths.venv_python(paths.managed_venv_dir())
-
-
-def probe(python: Path, timeout: float = PROBE_TIMEOUT_SECONDS) -> dict[str, object]:
-    """Ask the environment's own interpreter what it has: claude_mailbox's version and file, the
-    daemon's dependencies that are missing, and whether the daemon's modules import.
-    `-I`: no PYTHONPATH, no user site, no current directory, so only the environment answers."""
-    code = _PROBE.format(modules=DAEMON_MODULES)
-    try:
-        result = subprocess.run(
-            [str(python), "-I", "-c", code],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            cwd=str(python.parent),
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return {"error": f"cannot run {python}: {exc}"}
-    if result.returncode != 0:
-        return {"error": _last_line(result.stderr) or f"{python} exited with {result.returncode}"}
-    try:
-        data = json.loads(result.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return {"error": f"unexpected answer from {python}: {result.stdout.strip()[:200]}"}
-    return data if isinstance(data, dict) else {"error": "unexpected answer"}
-
-
-def probe_problem(report: dict[str, object], version: str | None) -> str | None:
-    """Why a probe report is not a usable daemon at `version` (None: it is)."""
-    if report.get("error"):
-        return str(report["error"])
-    if report.get("missing"):
-        return "missing " + ", ".join(str(m) for m in report["missing"])  # type: ignore[attr-defined]
-    if version and report.get("version") != version:
-        return f"has claude-mailbox {report.get('version')}, not {version}"
-    return None
-
-
-def create_venv(base_python: Path, venv: Path, timeout: float = 300.0) -> None:
-    """A self-contained environment (no system site-packages), with pip."""
-    _run_checked([str(base_python), "-m", "venv", "--clear", str(venv)], timeout, f"creating {venv}")
-
-
-def pip_install(python: Path, root: Path, timeout: float = PIP_TIMEOUT_SECONDS, *, first: bool = False) -> None:
-    """Install the plugin's source tree into the environment of `python`.
-
-    Offline first: when the environment has the build backend, build with it (no isolated build
-    environment to download) and resolve the dependencies against what is installed (no index),
-    which is all an update needs unless the new version added a dependency. Otherwise, or if that
-    fails, a normal install, which may download. pip resolves before it uninstalls anything, so a
-    failed attempt leaves the installed version in place.
-    """
-    base = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet"]
-    attempts: list[list[str]] = []
-    if not first and _has_build_backend(python, root):
-        attempts.append([*base, "--no-build-isolation", "--no-index", str(root)])
-    attempts.append([*base, *build_requirements(root), str(root)])
-    deadline = time.monotonic() + timeout
-    failure = ""
-    for args in attempts:
-        remaining = deadline - time.monotonic()
-        if remaining <= 1:
-            break
-        try:
-            _run_checked(args, remaining, f"pip install {root}")
-            return
-        except MailboxError as exc:
-            failure = exc.message
-    raise MailboxError(failure or f"pip install {root}: no time left")
-
-
-def _has_build_backend(python: Path, root: Path) -> bool:
-    names = [re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].strip().replace("-", "_") for req in build_requirements(root)]
-    if not names:
-        return False
-    venv = python.parent.parent
-    found = list(venv.glob("lib/python3*/site-packages")) + list(venv.glob("Lib/site-packages"))
-    return bool(found) and all(any((site / name).is_dir() for site in found) for name in names)
-
-
-def _run_checked(args: Sequence[str], timeout: float, what: str) -> None:
-    try:
-        result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise MailboxError(f"{what} took longer than {timeout:.0f} s") from None
-    except OSError as exc:
-        raise MailboxError(f"{what}: {exc}") from None
-    if result.returncode != 0:
-        raise MailboxError(f"{what} failed: {_error_summary(result.stderr or result.stdout)}")
-
-
-def _error_summary(output: str) -> str:
-    """pip's last error line, not its warnings (a mirror that lists nothing warns on every name)."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("ERROR")]
-    return (errors or lines or ["no output"])[-1][:300]
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""
-
-
 # --- the running daemon ----------------------------------------------------------------------------
 
 
 def daemon_version(url: str, timeout: float = 1.0) -> str | None:
-    try:
-        return str(MailboxClient(url, timeout=timeout).health().get("version"))
-    except MailboxError:
-        return None
-
-
-def start_url() -> str:
-    """Where a daemon that is down must be started: $CLAUDE_MAILBOX_URL, else config.toml's
-    bind/port, else the default. (The hooks' fast path reads daemon.url instead, which a daemon
-    that stopped cleanly has removed and one that crashed may have left stale.)"""
-    if os.environ.get("CLAUDE_MAILBOX_URL"):
-        return os.environ["CLAUDE_MAILBOX_URL"]
-    try:
-        from claude_mailbox import config
-
-        return config.load().url.replace("://0.0.0.0:", "://127.0.0.1:")
-    except (MailboxError, ImportError):
-        return paths.DEFAULT_URL
-
-
-def can_run_daemon_here() -> bool:
-    """Whether this interpreter could run the daemon itself (no managed environment yet)."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(module) is not None for module in DAEMON_MODULES)
+    health = probe_health(url, timeout)
+    return str(health.get("version")) if health else None
 
 
 def restart_daemon(url: str, python: Path, wait: float = RESTART_WAIT_SECONDS) -> bool:
@@ -270,6 +111,11 @@ def bring_up(running_version: str | None) -> str | None:
     """
     try:
         return _bring_up(running_version, time.monotonic() + HOOK_BUDGET_SECONDS)
+    except ImportError:  # a fresh install: the daemon's packages (psutil, aiohttp, ...) are not installed yet
+        return (
+            "claude-mailbox: the mailbox daemon is not installed on this machine yet; "
+            "run /claude-mailbox:mailbox-doctor"
+        )
     except Exception as exc:  # a hook must never break the session
         return (
             f"claude-mailbox: could not check the mailbox daemon ({_describe(exc)}); run /claude-mailbox:mailbox-doctor"
@@ -280,7 +126,7 @@ def _bring_up(running_version: str | None, deadline: float) -> str | None:
     root = plugin_root()
     if root is None:  # installed without a plugin tree: nothing to update from
         if running_version is None:
-            autostart.ensure_running(start_url(), None, wait=START_WAIT_SECONDS)
+            autostart.ensure_running(daemon_url(), None, wait=START_WAIT_SECONDS)
         return None
     return bring_up_to(root, running_version, deadline=deadline, wait=START_WAIT_SECONDS)
 
@@ -296,7 +142,7 @@ def bring_up_to(
         return f"claude-mailbox: {root} is not a claude-mailbox plugin tree"
     if running_version is not None:
         return sync(root, daemon_url(), deadline=deadline, running_version=running_version)
-    url = start_url()
+    url = daemon_url()
     note = None
     venv = paths.managed_venv_dir()
     have = installed_version(venv)
@@ -373,52 +219,13 @@ def _reinstall(root: Path, current: str, target: str, deadline: float) -> str | 
     return None
 
 
-@contextlib.contextmanager
-def _update_lock(deadline: float) -> Iterator[bool]:
+def _update_lock(deadline: float) -> contextlib.AbstractContextManager[bool]:
     """One updater at a time; the others wait (until `deadline`) and then find the work done."""
-    lock_path = paths.data_dir() / UPDATE_LOCK
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+b") as handle:
-        while True:
-            try:
-                _lock(handle)
-                break
-            except OSError:
-                if time.monotonic() >= deadline:
-                    yield False
-                    return
-                time.sleep(0.2)
-        try:
-            yield True
-        finally:
-            with contextlib.suppress(OSError):
-                _unlock(handle)
-
-
-def _lock(handle: object) -> None:
-    fileno = handle.fileno()  # type: ignore[attr-defined]
-    if os.name == "nt":
-        import msvcrt
-
-        handle.seek(0)  # type: ignore[attr-defined]
-        msvcrt.locking(fileno, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined,unused-ignore]
-    else:
-        import fcntl
-
-        fcntl.flock(fileno, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-
-def _unlock(handle: object) -> None:
-    if os.name == "nt":
-        import msvcrt
-
-        handle.seek(0)  # type: ignore[attr-defined]
-        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined,unused-ignore]
-    # POSIX: closing the file releases the flock.
+    return fsutil.file_lock(paths.data_dir() / UPDATE_LOCK, wait=max(0.0, deadline - time.monotonic()), poll=0.2)
 
 
 def _tail(output: object) -> str:
-    last = _last_line(str(output))
+    last = venv.last_line(str(output))
     return f" ({last})" if last else ""
 
 
@@ -503,10 +310,7 @@ def update(root: Path | None = None, url: str | None = None, *, pull: bool = Fal
         result = _update_in_managed_environment(root, url)
         result["message"] = "\n".join([*lines, str(result["message"])])
         return {**result, "pulled": pulled}
-    if url is None:
-        url = daemon_url()
-        if daemon_version(url) is None:
-            url = start_url()  # down: it is started where config.toml says
+    url = daemon_url(url)
     target = source_version(root) or "unknown"
     before = daemon_version(url)
     note = bring_up_to(root, before)
@@ -545,15 +349,8 @@ def _update_in_managed_environment(root: Path, url: str | None) -> dict[str, obj
     if not python.exists():
         return {"ok": False, "message": "claude-mailbox is not set up here yet: run /claude-mailbox:mailbox-doctor"}
     argv = ["update", "--json", "--root", str(root), *(["--url", url] if url else [])]
-    code = (
-        f"import sys\nsys.path.insert(0, {str(root / 'daemon')!r})\n"
-        f"from claude_mailbox.cli import main\nsys.exit(main({argv!r}))\n"
-    )
     try:
-        done = subprocess.run(
-            [str(python), "-I", "-c", code], capture_output=True, text=True, timeout=PIP_TIMEOUT_SECONDS + 60
-        )
-        result = json.loads(done.stdout)
+        result = json.loads(run_cli(root, argv, capture=True, timeout=PIP_TIMEOUT_SECONDS + 60).stdout)
     except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
         return {"ok": False, "message": f"could not run the update in {python}: {_describe(exc)}"}
     return result if isinstance(result, dict) else {"ok": False, "message": "unexpected answer"}

@@ -9,7 +9,7 @@ scope) or `./.claude/settings.json` (project scope). Rules:
   uninstalling removes only them;
 - a file that is not a JSON object (or whose `hooks` is not shaped as Claude Code expects) is
   left untouched and reported with its path;
-- writes are atomic (a temp file in the same directory, then os.replace); a symlinked settings
+- writes are atomic (fsutil.atomic_write: a temp file beside it, then os.replace); a symlinked settings
   file (dotfile managers) is written through to its target.
 
 Stdlib only; nothing here talks to the daemon.
@@ -21,13 +21,12 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from claude_mailbox import identity
+from claude_mailbox import fsutil, identity
 from claude_mailbox.errors import MailboxError
 
 MARKER = "# claude-mailbox:install-hook"
@@ -167,27 +166,16 @@ def uninstall(path: Path) -> PatchResult:
 
 
 def write_atomic(path: Path, settings: dict[str, Any]) -> None:
-    """Write JSON (indent 2, final newline) via a temp file in the target's directory + os.replace."""
+    """Write JSON (indent 2, final newline) with fsutil's atomic write, keeping the file's mode; a
+    symlinked settings file is written through to its target."""
     target = path.resolve() if path.is_symlink() else path
     data = (json.dumps(settings, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            mode = target.stat().st_mode & 0o7777
+            mode: int | None = target.stat().st_mode & 0o7777
         except FileNotFoundError:
             mode = None
-        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if mode is not None:
-                os.chmod(temp, mode)
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        fsutil.atomic_write(target, data, mode=mode)
     except OSError as exc:
         raise SettingsError(f"cannot write {path}: {_reason(exc)}") from None
 

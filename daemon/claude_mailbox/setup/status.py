@@ -11,17 +11,21 @@ import os
 from datetime import datetime, timezone
 from typing import Any
 
-from claude_mailbox import __version__, paths
-from claude_mailbox.client import MailboxClient
+from claude_mailbox import __version__, locate, paths, portholder
+from claude_mailbox.client import MailboxClient, probe_health
 from claude_mailbox.errors import DaemonUnreachable, MailboxError
 from claude_mailbox.httpclient import Endpoint
 
+# What .mcp.json's url says: Claude Code expands it from its own environment only.
+MCP_DEFAULT_URL = locate.DEFAULT_URL
 
-def gather(url: str, session_id: str | None = None) -> dict[str, Any]:
+
+def gather(flag: str | None = None, session_id: str | None = None) -> dict[str, Any]:
     """Everything `status` shows. Top-level `state` is Running or Stopped (the daemon answers or
-    not); `autostart.state` is Running / Stopped / NotInstalled."""
+    not); `autostart.state` is Running / Stopped / NotInstalled. `flag`: the --url flag."""
+    url, source = locate.resolve(flag)
     client = MailboxClient(url, timeout=2.0)
-    data: dict[str, Any] = {"state": "Stopped", "url": client.url}
+    data: dict[str, Any] = {"state": "Stopped", "url": client.url, "urlSource": source}
     try:
         health: dict[str, Any] | None = client.health()
     except DaemonUnreachable as exc:
@@ -30,6 +34,9 @@ def gather(url: str, session_id: str | None = None) -> dict[str, Any]:
     if health is not None:
         data.update(health)
         data["state"] = "Running"
+    else:
+        data["portHolder"] = portholder.describe(client.url)
+    data["mcpNote"] = mcp_note(client.url, source)
     data.setdefault("port", _port(client.url))
     data.update(_plugin())
     data["database"] = _database(health)
@@ -47,6 +54,8 @@ def render(data: dict[str, Any], now: datetime | None = None) -> str:
         daemon = f"Running  {version} at {data['url']}"
         if plugin and version != plugin:
             daemon += f"  (plugin is {plugin}: the next session start updates it)"
+    elif data.get("portHolder"):
+        daemon = f"Stopped  {data['portHolder']}"
     else:
         daemon = f"Stopped  nothing answers at {data['url']}"
     autostart = data["autostart"]
@@ -56,12 +65,14 @@ def render(data: dict[str, Any], now: datetime | None = None) -> str:
     rows = [
         ("daemon", daemon),
         ("plugin", f"{plugin}" + (f"  {data['pluginRoot']}" if data.get("pluginRoot") else "")),
-        ("port", str(data.get("port", ""))),
+        ("port", f"{data.get('port', '')}  (address from {data.get('urlSource', locate.FROM_DEFAULT)})"),
         ("database", f"{database.get('path') or 'unknown'}  ({size})"),
         ("autostart", f"{autostart['state']}" + (f"  {how}" if how else "")),
     ]
     if "session" in data:
         rows.append(("session", f"{data['session']['mailbox']}  (this session)"))
+    if data.get("mcpNote"):
+        rows.append(("mcp", data["mcpNote"]))
     lines = ["claude-mailbox status"] + [f"  {label:<10} {value}" for label, value in rows]
     boxes = data.get("mailboxes", [])
     if data["state"] == "Running":
@@ -118,21 +129,37 @@ def _autostart(url: str) -> dict[str, Any]:
     try:
         state = autostart.state(url).value
         detached = autostart.detached_pid() if mechanism is None else None
+        if mechanism is None and detached is None and state == "Running":
+            state = "NotInstalled"  # the daemon runs (started by hand), but nothing would start it again
     except ImportError:
-        try:
-            healthy = bool(MailboxClient(url, timeout=0.5).health())
-        except MailboxError:
-            healthy = False
+        healthy = probe_health(url) is not None
         state = "Running" if healthy else ("Stopped" if mechanism else "NotInstalled")
+        if healthy and mechanism is None and not paths.pid_file().exists():
+            state = "NotInstalled"  # started by hand: nothing would start it again
         detached = None
     name = mechanism.value if mechanism else (f"detached process (pid {detached})" if detached else None)
     return {"state": state, "mechanism": name, "location": autostart.installed_location()}
 
 
+def mcp_note(url: str, source: str) -> str | None:
+    """When the resolved address is not where the MCP tools connect: .mcp.json only sees Claude
+    Code's environment (`${CLAUDE_MAILBOX_URL:-http://127.0.0.1:37849}`), so a port set in
+    config.toml (or a daemon started elsewhere) leaves the tools on the default. The one line that
+    fixes it, or None."""
+    if source in (locate.FROM_ENV, locate.FROM_FLAG) or url.rstrip("/") == MCP_DEFAULT_URL:
+        return None
+    where = "config.toml" if source == locate.FROM_CONFIG else f"the running daemon ({locate.URL_FILE})"
+    return (
+        f"{where} puts the daemon at {url}, but the mailbox MCP tools only see $CLAUDE_MAILBOX_URL and use "
+        f"{MCP_DEFAULT_URL} without it; fix: add `export CLAUDE_MAILBOX_URL={url}` to your shell profile "
+        "(~/.bashrc, ~/.zshrc), then restart Claude Code"
+    )
+
+
 def _session_mailbox(client: MailboxClient, session_id: str, running: bool) -> str:
     if running:
         try:
-            return str(client.call("GET", f"/v1/whoami?session={session_id}")["name"])
+            return client.whoami(session_id)
         except MailboxError:
             pass
     from claude_mailbox import identity

@@ -1,0 +1,286 @@
+"""The REST surface: every /v1/* handler, /health and /openapi.json. Parses and checks the
+request, calls the service, answers JSON (or, for hooks, the text hookapi.py renders).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from claude_mailbox import __version__, hookapi, identity, openapi
+from claude_mailbox.errors import InvalidInput, NotFound
+from claude_mailbox.schemas import mailbox_json
+from claude_mailbox.service import Caller, MailboxService
+from claude_mailbox.store import Lease
+
+SERVICE = web.AppKey("service", MailboxService)
+
+
+def caller_from_headers(headers: Any) -> Caller:
+    """Read the caller from request headers (any case-insensitive mapping); MCP uses it too."""
+    pid_text = headers.get("x-mailbox-claude-pid") or ""
+    return Caller(
+        header_name=headers.get("x-mailbox") or None,
+        claude_pid=int(pid_text) if pid_text.isascii() and pid_text.isdigit() and len(pid_text) < 10 else None,
+    )
+
+
+# --- request helpers ---------------------------------------------------------------------------
+
+
+def _query(request: web.Request, allowed: set[str]) -> dict[str, str]:
+    unknown = set(request.query) - allowed
+    if unknown:
+        raise InvalidInput(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    for key in request.query:
+        if len(request.query.getall(key)) > 1:
+            raise InvalidInput(f"query parameter {key!r} given more than once")
+    return dict(request.query)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidInput("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return data
+
+
+def _caller(request: web.Request) -> Caller:
+    return caller_from_headers(request.headers)
+
+
+def _required(query: dict[str, str], key: str) -> str:
+    value = query.get(key)
+    if value is None:
+        raise InvalidInput(f"query parameter {key!r} is required")
+    return value
+
+
+def _number(query: dict[str, str], key: str, default: float, low: float, high: float) -> float:
+    text = query.get(key)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidInput(f"{key} must be a number") from None
+    if not low <= value <= high:
+        raise InvalidInput(f"{key} must be between {low:g} and {high:g}")
+    return value
+
+
+def _connected(request: web.Request) -> Callable[[], bool]:
+    return lambda: request.transport is not None and not request.transport.is_closing()
+
+
+# --- routes ------------------------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    return web.json_response({"status": "ok", "version": __version__, **service.info()})
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document(__version__))
+
+
+async def send(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    _query(request, set())
+    payload = await _json_object(request)
+    unknown = set(payload) - {"to", "body", "from"}
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+    sender = await service.resolve_caller(payload.get("from"), _caller(request), "from")
+    if "to" not in payload or "body" not in payload:
+        raise InvalidInput("fields 'to' and 'body' are required")
+    sent = await service.send(sender, payload["to"], payload["body"], request.headers.get("Idempotency-Key"))
+    message = sent.message
+    return web.json_response(
+        {"id": message.id, "from": message.sender, "to": message.recipient, "createdAt": message.created_at},
+        status=200 if sent.repeated else 201,  # a repeated Idempotency-Key: the original, nothing stored
+    )
+
+
+async def peek(request: web.Request) -> web.Response:
+    query = _query(request, {"name"})
+    pending, oldest = await request.app[SERVICE].peek(_required(query, "name"))
+    return web.json_response({"pending": pending, "oldestAt": oldest})
+
+
+def _manual_ack(query: dict[str, str]) -> bool:
+    mode = query.get("ack", "auto")
+    if mode not in ("auto", "manual"):
+        raise InvalidInput("ack must be auto or manual")
+    return mode == "manual"
+
+
+async def check_inbox(request: web.Request) -> web.StreamResponse:
+    """Mail under a lease. ack=auto (the seed's meaning): acknowledged once the whole answer is
+    written. ack=manual: the answer names the lease; POST /v1/ack acknowledges it."""
+    service = request.app[SERVICE]
+    query = _query(request, {"name", "maxChars", "ack"})
+    name = _required(query, "name")
+    service.require_owner(name, request.headers.get("X-Mailbox"))
+    await _json_object(request)
+    budget = int(_number(query, "maxChars", 0, 1, 10_000_000)) or None
+    manual = _manual_ack(query)
+    lease = await service.take(name, budget)
+    body: dict[str, Any] = {"messages": [m.to_json() for m in lease.messages], "remaining": lease.remaining}
+    if manual:
+        body.update(leaseId=lease.id, leaseExpiresAt=lease.expires_at)
+    return await _deliver(request, service, json.dumps(body).encode(), lease, "application/json", manual=manual)
+
+
+async def ack(request: web.Request) -> web.Response:
+    """Acknowledge a lease from check-inbox?ack=manual: its mail is delivered. 409 when expired."""
+    service = request.app[SERVICE]
+    name = _required(_query(request, {"name"}), "name")
+    service.require_owner(name, request.headers.get("X-Mailbox"))
+    payload = await _json_object(request)
+    unknown = set(payload) - {"leaseId"}
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+    return web.json_response({"acked": await service.ack(name, payload.get("leaseId"))})
+
+
+async def list_mailboxes(request: web.Request) -> web.Response:
+    _query(request, set())
+    caller = request.headers.get("X-Mailbox") or None
+    if caller is not None:
+        identity.validate_name(caller, "X-Mailbox header")  # say which input was wrong, as MCP does
+    views, pending = await request.app[SERVICE].list(caller)
+    return web.json_response({"mailboxes": [mailbox_json(v) for v in views], "pendingForYou": pending})
+
+
+async def watch(request: web.Request) -> web.StreamResponse:
+    """Long-poll for `watch --block`: answers on mail, rename, or timeout (seconds)."""
+    service = request.app[SERVICE]
+    query = _query(request, {"name", "timeout", "ack"})
+    name = _required(query, "name")
+    service.require_owner(name, request.headers.get("X-Mailbox"))
+    timeout = _number(query, "timeout", 25.0, 0.0, 3600.0)
+    manual = _manual_ack(query)
+    result = await service.watch(name, timeout, still_connected=_connected(request))
+    body: dict[str, Any] = {
+        "event": result.event,
+        "messages": [m.to_json() for m in result.messages],
+        "newName": result.new_name,
+    }
+    if manual and result.lease is not None:
+        body.update(leaseId=result.lease.id, leaseExpiresAt=result.lease.expires_at)
+    return await _deliver(request, service, json.dumps(body).encode(), result.lease, "application/json", manual=manual)
+
+
+async def _deliver(
+    request: web.Request,
+    service: MailboxService,
+    body: bytes,
+    lease: Lease | None,
+    content_type: str,
+    *,
+    manual: bool = False,
+    **headers: str,
+) -> web.StreamResponse:
+    """Write a response that carries leased mail. Unless the reader acknowledges it itself
+    (`manual`), the lease is acknowledged once the whole answer is written; if the write fails,
+    the mail goes back to the inbox at once."""
+    response = web.StreamResponse(status=200, headers={"Content-Type": content_type, **headers})
+    response.content_length = len(body)
+    try:
+        if not _connected(request)():
+            raise ConnectionResetError("client went away")
+        await response.prepare(request)
+        await response.write(body)
+        await response.write_eof()
+    except (ConnectionError, RuntimeError, asyncio.CancelledError):
+        await asyncio.shield(service.settle(lease, written=False))
+        raise
+    if not manual:
+        await service.settle(lease, written=True)
+    return response
+
+
+async def hook(request: web.Request) -> web.StreamResponse:
+    """Claude Code hooks relay their stdin here and print what comes back (see hookrelay.py)."""
+    service = request.app[SERVICE]
+    _query(request, set())
+    reply = await hookapi.handle(
+        service,
+        request.match_info["event"],
+        await request.read(),
+        _caller(request),
+        request.headers.get("X-Mailbox-Prefix") or None,
+        _connected(request),
+    )
+    stream = "stderr" if reply.stderr else "stdout"
+    text = reply.stderr or reply.stdout
+    headers = {"X-Hook-Stream": stream, "X-Hook-Exit": str(reply.exit_code)}
+    # A relay that says it acknowledges (after printing the mail) gets the lease to do so.
+    lease = reply.lease
+    manual = request.headers.get("X-Mailbox-Ack") == "manual" and lease is not None and lease.id is not None
+    if manual and lease is not None and lease.id is not None:
+        headers.update({"X-Mailbox-Lease": lease.id, "X-Mailbox-Lease-Name": lease.mailbox})
+    return await _deliver(
+        request, service, text.encode("utf-8"), lease, "text/plain; charset=utf-8", manual=manual, **headers
+    )
+
+
+async def collaborate(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    name: str | None
+    if request.method == "GET":
+        name = _required(_query(request, {"name"}), "name")
+    else:
+        _query(request, set())
+        payload = await _json_object(request)
+        name = payload.get("name")
+        on = payload.get("on")
+        if not isinstance(on, bool):
+            raise InvalidInput("'on' must be true or false")
+        if not isinstance(name, str):
+            raise InvalidInput("'name' must be a mailbox name")
+        await service.set_collaborate(name, on, _caller(request))
+    return web.json_response(
+        {
+            "name": name,
+            "collaborating": await service.collaborating(name),
+            "stopWaiter": await service.stop_waiter_attached(name),
+        }
+    )
+
+
+async def whoami(request: web.Request) -> web.Response:
+    query = _query(request, {"session"})
+    session_id = _required(query, "session")
+    mailbox = await request.app[SERVICE].whois(session_id)
+    if mailbox is None:
+        raise NotFound(f"no session {session_id!r} has registered (did its SessionStart hook run?)")
+    return web.json_response({"session": session_id, "name": mailbox})
+
+
+def add_routes(app: web.Application, service: MailboxService) -> None:
+    app[SERVICE] = service
+    app.router.add_get("/health", health)
+    app.router.add_get("/openapi.json", openapi_document)
+    app.router.add_post("/v1/send", send)
+    app.router.add_get("/v1/peek", peek)
+    app.router.add_post("/v1/check-inbox", check_inbox)
+    app.router.add_post("/v1/ack", ack)
+    app.router.add_get("/v1/list", list_mailboxes)
+    app.router.add_post("/v1/watch", watch)
+    app.router.add_post("/v1/hooks/{event}", hook)
+    app.router.add_get("/v1/collaborate", collaborate)
+    app.router.add_post("/v1/collaborate", collaborate)
+    app.router.add_get("/v1/whoami", whoami)

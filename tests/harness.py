@@ -1,0 +1,186 @@
+"""THE daemon harness of the tests and the benchmarks: `python -m claude_mailbox serve` as a real
+subprocess on a free loopback port with its own data dir. Stdlib only at import time (bench/ puts
+tests/ on sys.path and imports it; pytest is not needed), so `.venv/bin/python bench/x.py` runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from claude_mailbox.client import MailboxClient
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def base_env(home: Path, **extra: str) -> dict[str, str]:
+    """The caller's environment without any Claude Code variable, the data dir `home`, plus `extra`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("CLAUDE_", "COV_"))}
+    env["CLAUDE_MAILBOX_HOME"] = str(home)
+    env["PYTHONPATH"] = str(REPO / "daemon")
+    env.update(extra)
+    return env
+
+
+def health_ok(port: int, timeout: float = 1.0) -> bool:
+    """One GET /health on a fresh connection (no client library): True on a 200."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+            return sock.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+@dataclass(eq=False)  # identity hash: benchmarks key dicts by daemon
+class Daemon:
+    """With `log_path`, stdout and stderr go to that file (a long run cannot fill a pipe and block
+    the daemon; `.log()` reads it back for tracebacks). Without, they are pipes the test may read."""
+
+    home: Path
+    port: int = field(default_factory=free_port)
+    args: tuple[str, ...] = ()
+    env_extra: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+    process: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "mailbox.db"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def client(self, timeout: float = 10.0) -> MailboxClient:
+        from claude_mailbox.client import MailboxClient
+
+        return MailboxClient(self.url, timeout=timeout)
+
+    def env(self) -> dict[str, str]:
+        return base_env(self.home, CLAUDE_MAILBOX_URL=self.url, **self.env_extra)
+
+    def log(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def spawn(self) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "claude_mailbox", "serve", "--port", str(self.port), *self.args]
+        if self.log_path is None:
+            self.process = subprocess.Popen(
+                command, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        else:
+            with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+                self.process = subprocess.Popen(
+                    command, env=self.env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, text=True
+                )
+        return self.process
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT, interval: float = 0.01) -> float:
+        """Poll /health until a 200; returns the seconds waited."""
+        assert self.process is not None
+        started = time.perf_counter()
+        while time.perf_counter() - started < timeout:
+            if self.process.poll() is not None:
+                if self.log_path is None:
+                    out, err = self.process.communicate()
+                    raise RuntimeError(f"daemon exited with {self.process.returncode}: {out}{err}")
+                raise RuntimeError(f"daemon exited with {self.process.returncode}: {self.log()[-2000:]}")
+            if health_ok(self.port):
+                return time.perf_counter() - started
+            time.sleep(interval)
+        raise RuntimeError("daemon did not answer /health in time")
+
+    def start(self, timeout: float = START_TIMEOUT) -> Daemon:
+        self.spawn()
+        self.wait_healthy(timeout)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe:
+                pipe.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> Daemon:
+        self.stop()
+        return self.start()
+
+    def rss_mib(self) -> tuple[float, float]:
+        """(RSS, USS) of the daemon process in MiB."""
+        import psutil
+
+        info = psutil.Process(self.pid).memory_full_info()
+        return info.rss / 2**20, info.uss / 2**20
+
+    def cpu_seconds(self) -> float:
+        import psutil
+
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.stop()
+
+
+def start_daemon(
+    home: Path, *args: str, port: int | None = None, log_path: Path | None = None, **env_extra: str
+) -> Daemon:
+    return Daemon(home, port or free_port(), tuple(args), dict(env_extra), log_path).start()
+
+
+def run_cli(
+    *args: str, env: dict[str, str], input: str | None = None, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """The CLI exactly as a user runs it: a separate process."""
+    return subprocess.run(
+        [sys.executable, "-m", "claude_mailbox", *args],
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def tracebacks(log: str) -> list[str]:
+    """Crash evidence in a daemon log: Python tracebacks and aiohttp's unhandled-error lines."""
+    markers = ("Traceback (most recent call last)", "Error handling request", "Unhandled exception")
+    return [line for line in log.splitlines() if any(marker in line for marker in markers)]
