@@ -107,12 +107,13 @@ class KeepAlive:
     def __init__(self, port: int) -> None:
         self.port = port
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.auth = harness.auth_headers_for(port)  # the token of the daemon this bench started there
 
     def request(
         self, method: str, path: str, payload: Any = None, headers: dict[str, str] | None = None
     ) -> tuple[int, bytes]:
         body = None if payload is None else json.dumps(payload).encode()
-        all_headers = dict(headers or {})
+        all_headers = {**self.auth, **(headers or {})}
         if body is not None:
             all_headers["Content-Type"] = "application/json"
         self.conn.request(method, path, body=body, headers=all_headers)

@@ -4,6 +4,8 @@ over raw asyncio streams (cheaper per request than an HTTP client library, so mo
 left to the daemon). Prints one JSON line: completed sends in the window, rate, latencies.
 
     python bench/_loadgen.py --port P --clients 16 --seconds 5 --warmup 1
+
+The daemon's token comes from $CLAUDE_MAILBOX_TOKEN (none: a daemon with auth = "none").
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ async def client(
 ) -> tuple[int, int]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     sender = f"load-{os.getpid()}-{index}"
+    token = os.environ.get("CLAUDE_MAILBOX_TOKEN", "")
     head = (
         f"POST /v1/send HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Mailbox: {sender}\r\nContent-Type: application/json\r\n"
+        + (f"Authorization: Bearer {token}\r\n" if token else "")
     )
     done = counted = 0
     try:

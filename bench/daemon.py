@@ -71,7 +71,7 @@ def run_loadgen(daemon: Daemon, clients: int, seconds: float, warmup: float) -> 
             "--warmup",
             str(warmup),
         ],
-        env=clean_env(),
+        env=clean_env(CLAUDE_MAILBOX_TOKEN=daemon.token or ""),
         capture_output=True,
         text=True,
         check=True,
@@ -203,7 +203,7 @@ def _rest_latencies(daemon: Daemon, sender: str, trials: int, warmup: int) -> li
 def bench_mcp(daemon: Daemon, quick: bool) -> float:
     trials, warmup = (100, 20) if quick else (1000, 100)
     # Claude Code's way: the headersHelper sends its pid; the daemon maps it to the session's mailbox.
-    pid_headers = {"X-Mailbox-Claude-Pid": "4242"}
+    pid_headers = {"X-Mailbox-Claude-Pid": "4242", **daemon.headers}  # and its token (issue 12.1)
     conn = KeepAlive(daemon.port)
     hook_input = {"session_id": "0bench00-1111-2222-3333-444444444444", "cwd": str(REPO), "source": "startup"}
     status, _ = conn.request("POST", "/v1/hooks/session-start", hook_input, pid_headers)
@@ -212,7 +212,9 @@ def bench_mcp(daemon: Daemon, quick: bool) -> float:
         raise RuntimeError(f"session-start answered {status}")
     legacy = asyncio.run(_mcp_latencies(daemon.url, pid_headers, "legacy", trials, warmup))
     modern = asyncio.run(_mcp_latencies(daemon.url, pid_headers, "auto", trials, warmup))
-    named_header = asyncio.run(_mcp_latencies(daemon.url, {"X-Mailbox": "mcp-bench"}, "legacy", trials, warmup))
+    named_header = asyncio.run(
+        _mcp_latencies(daemon.url, {"X-Mailbox": "mcp-bench", **daemon.headers}, "legacy", trials, warmup)
+    )
     raw = _raw_jsonrpc_latencies(daemon, pid_headers, trials, warmup)
     rest = _rest_latencies(daemon, "rest-bench", trials, warmup)
     p50 = percentile(legacy, 50)

@@ -73,7 +73,7 @@ def loadgen(daemon: Daemon, seconds: float, warmup: float) -> float:
             *(PYTHON, str(REPO / "bench" / "_loadgen.py"), "--port", str(daemon.port), "--clients", "16"),
             *("--seconds", str(seconds), "--warmup", str(warmup), "--recipient", HOT),
         ],
-        env=clean_env(),
+        env=clean_env(CLAUDE_MAILBOX_TOKEN=daemon.token or ""),
         capture_output=True,
         text=True,
         check=True,

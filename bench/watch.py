@@ -131,7 +131,7 @@ def longpoll_trial(daemon: Daemon, conn: KeepAlive, mailbox: str, trial: int) ->
     with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
         sock.sendall(
             f"POST /v1/watch?name={mailbox}&timeout=30 HTTP/1.1\r\nHost: 127.0.0.1:{daemon.port}\r\n"
-            f"X-Mailbox: {mailbox}\r\nConnection: close\r\n\r\n".encode()
+            f"X-Mailbox: {mailbox}\r\nAuthorization: Bearer {daemon.token}\r\nConnection: close\r\n\r\n".encode()
         )
         time.sleep(SETTLE)
         body = f"wake-up {trial}"

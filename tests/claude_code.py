@@ -78,9 +78,13 @@ __all__ = [
 
 
 def claude_binary() -> Path | None:
-    """Path of the pinned Claude Code CLI in <repo>/.tools, or None when it is not installed."""
-    if TOOLS_BIN.exists() and os.access(TOOLS_BIN, os.X_OK):
-        return TOOLS_BIN
+    """Path of the pinned Claude Code CLI in <repo>/.tools, or None when it is not installed.
+    $MAILBOX_TEST_CLAUDE_BIN runs the tests against another build (e.g. 2.1.197, which Node 20's npm
+    picks); not a CLAUDE_ name, which the test fixtures strip."""
+    override = os.environ.get("MAILBOX_TEST_CLAUDE_BIN")
+    binary = Path(override) if override else TOOLS_BIN
+    if binary.exists() and os.access(binary, os.X_OK):
+        return binary
     return None
 
 

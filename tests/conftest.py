@@ -20,7 +20,7 @@ import pytest
 if TYPE_CHECKING:
     from claude_mailbox.client import MailboxClient
 
-from harness import REPO, Daemon, base_env, free_port, run_cli, start_daemon
+from harness import HOMES, REPO, Daemon, base_env, free_port, run_cli, start_daemon, token_of
 
 __all__ = ["REPO", "Daemon", "base_env", "free_port", "run_cli", "start_daemon"]  # tests import these from here
 
@@ -85,10 +85,24 @@ class InProcessDaemon:
     def db_path(self) -> Path:
         return self.home / "mailbox.db"
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def token(self) -> str | None:
+        return token_of(self.home)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header a raw HTTP or MCP client must add (like Daemon.headers)."""
+        token = self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def client(self, timeout: float = 10.0) -> MailboxClient:
         from claude_mailbox.client import MailboxClient
 
-        return MailboxClient(self.url, timeout=timeout)
+        return MailboxClient(self.url, timeout=timeout, token=self.token or "")
 
     def env(self) -> dict[str, str]:
         return base_env(self.home, CLAUDE_MAILBOX_URL=self.url)
@@ -108,11 +122,17 @@ def in_process_daemon(home: Path, **settings: Any) -> Iterator[InProcessDaemon]:
     def run(coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
 
+    if os.environ.get("MAILBOX_TEST_STORE") == "postgres" and "database_url" not in settings:
+        import pgkit  # the harness option: this app's store on a fresh PostgreSQL database (issue 13)
+
+        settings["database_url"] = pgkit.fresh_database_url()
+
     async def build() -> TestServer:
-        return TestServer(make_app(Config(db_path=home / "mailbox.db", **settings)), host="127.0.0.1")
+        return TestServer(make_app(Config(db_path=home / "mailbox.db", **settings), data_dir=home), host="127.0.0.1")
 
     test_server = run(build())
     run(test_server.start_server())
+    HOMES[test_server.port] = home  # rawhttp sends this app's token
     try:
         yield InProcessDaemon(home, f"http://127.0.0.1:{test_server.port}", loop)
     finally:

@@ -141,9 +141,12 @@ class LoadResult:
         return self.acked
 
 
-def _spawn_worker(url: str, name: str, peers: list[str], workdir: Path, seed: int) -> subprocess.Popen[bytes]:
+def _spawn_worker(
+    url: str, name: str, peers: list[str], workdir: Path, seed: int, home: Path
+) -> subprocess.Popen[bytes]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("CLAUDE_", "COV_"))}
     env["PYTHONPATH"] = str(REPO / "daemon")
+    env["CLAUDE_MAILBOX_HOME"] = str(home)  # its client reads the daemon's token there
     return subprocess.Popen(
         [
             sys.executable,
@@ -175,7 +178,7 @@ def run_kill_load(
     write_config(home, **UNLIMITED, lease_seconds=LOAD_LEASE_SECONDS)
     daemon = logged_daemon(home)
     names = [f"load-{index}" for index in range(clients)]
-    workers = [_spawn_worker(daemon.url, name, names, workdir, rng.randrange(1 << 30)) for name in names]
+    workers = [_spawn_worker(daemon.url, name, names, workdir, rng.randrange(1 << 30), home) for name in names]
     killed = 0
     try:
         started = time.monotonic()

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,25 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
+# The data dir of every daemon a test or bench started, by loopback port: tests/rawhttp.py sends that
+# daemon's token (its <home>/token) unless a request names its own Authorization or auth=False.
+HOMES: dict[int, Path] = {}
+
+
+def token_of(home: Path) -> str | None:
+    """The token a daemon with data dir `home` wrote (None before its first start or with auth = "none")."""
+    try:
+        token = (home / "token").read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token or None
+
+
+def auth_headers_for(port: int | None) -> dict[str, str]:
+    """{"Authorization": "Bearer <token>"} for a daemon this process started on `port`, else {}."""
+    home = HOMES.get(port) if port is not None else None
+    token = token_of(home) if home is not None else None
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def free_port() -> int:
@@ -58,6 +78,8 @@ class Daemon:
     env_extra: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
     process: subprocess.Popen[str] | None = None
+    # Run in the child before exec, e.g. resource.setrlimit for an open-file limit (tests/test_hostile.py).
+    preexec_fn: Callable[[], None] | None = None
 
     @property
     def url(self) -> str:
@@ -72,10 +94,21 @@ class Daemon:
         assert self.process is not None
         return self.process.pid
 
+    @property
+    def token(self) -> str | None:
+        """The daemon's token (its data dir's token file; None with auth = "none" before any start)."""
+        return token_of(self.home)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a raw HTTP or MCP client must add to reach this daemon: its Authorization header."""
+        token = self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def client(self, timeout: float = 10.0) -> MailboxClient:
         from claude_mailbox.client import MailboxClient
 
-        return MailboxClient(self.url, timeout=timeout)
+        return MailboxClient(self.url, timeout=timeout, token=self.token or "")
 
     def env(self) -> dict[str, str]:
         return base_env(self.home, CLAUDE_MAILBOX_URL=self.url, **self.env_extra)
@@ -86,15 +119,32 @@ class Daemon:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def spawn(self) -> subprocess.Popen[str]:
+        HOMES[self.port] = self.home
         command = [sys.executable, "-m", "claude_mailbox", "serve", "--port", str(self.port), *self.args]
+        if os.environ.get("MAILBOX_TEST_STORE") == "postgres" and "--database-url" not in self.args:
+            import pgkit  # MAILBOX_TEST_STORE=postgres: every daemon on a fresh PostgreSQL database (issue 13)
+
+            self.args = (*self.args, "--database-url", pgkit.fresh_database_url())
+            command += self.args[-2:]
         if self.log_path is None:
             self.process = subprocess.Popen(
-                command, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                command,
+                env=self.env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                preexec_fn=self.preexec_fn,
             )
         else:
             with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
                 self.process = subprocess.Popen(
-                    command, env=self.env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, text=True
+                    command,
+                    env=self.env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    preexec_fn=self.preexec_fn,
                 )
         return self.process
 

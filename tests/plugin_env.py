@@ -95,16 +95,24 @@ class HookRun:
 
 
 def run_hook(
-    event: str, stdin: bytes | str | dict[str, Any] | None, env: dict[str, str], timeout: float = 30.0
+    event: str,
+    stdin: bytes | str | dict[str, Any] | None,
+    env: dict[str, str],
+    timeout: float = 30.0,
+    *,
+    command: str | None = None,
 ) -> HookRun:
-    """`event` is the hooks.json event ("SessionStart") or the relay's name ("session-start")."""
+    """Run a hook as Claude Code does (`sh -c COMMAND`, the event's JSON on stdin): the one hook
+    runner of the suite. `event` is the hooks.json event ("SessionStart") or the relay's name
+    ("session-start"); `command` defaults to the plugin's hooks.json entry (install-hook's
+    settings.json entries pass theirs)."""
     event = EVENT_NAMES.get(event, event)
     if isinstance(stdin, dict):
         stdin = json.dumps(stdin)
     data = stdin.encode() if isinstance(stdin, str) else stdin
     started = time.monotonic()
     proc = subprocess.run(
-        ["/bin/sh", "-c", hook_command(event)],
+        ["/bin/sh", "-c", command or hook_command(event)],
         input=data if data is not None else b"",
         env=env,
         capture_output=True,

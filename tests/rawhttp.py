@@ -1,5 +1,7 @@
 """Raw HTTP for contract tests: every header on the wire is the one the test wrote (no Host,
-Content-Type, Accept-Encoding or Content-Length is added behind its back unless asked for)."""
+Content-Type, Accept-Encoding or Content-Length is added behind its back unless asked for), except
+the daemon's token: a request to a daemon the harness started carries its `Authorization: Bearer`
+unless the test names its own Authorization header or passes `auth=False`."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from harness import auth_headers_for
 
 DEFAULT = object()
 
@@ -48,6 +52,7 @@ def request(
     host: str | object | None = DEFAULT,
     content_length: bool = True,
     timeout: float = 10.0,
+    auth: bool = True,
 ) -> Reply:
     """One request on its own connection.
 
@@ -59,6 +64,8 @@ def request(
     parts = urlsplit(url)
     header_list = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
     names = {name.lower() for name, _ in header_list}
+    if auth and "authorization" not in names:
+        header_list.extend(auth_headers_for(parts.port).items())
     if json_body is not DEFAULT:
         body = json.dumps(json_body).encode("utf-8")
         if "content-type" not in names:

@@ -231,13 +231,13 @@ def test_help_documents_exit_codes() -> None:
     top = run_cli("--help", env=env)
     assert top.returncode == 0
     assert "0 ok, 1 error" in top.stdout and "2 daemon unreachable" in top.stdout
-    for verb in ("send", "peek", "check", "list", "status", "whoami", "collaborate"):
+    for verb in ("send", "peek", "check", "list", "status", "whoami", "collaborate", "prune"):
         text = run_cli(verb, "--help", env=env).stdout
         assert "exit codes: 0 ok, 1 error" in text and "2 daemon unreachable" in text, verb
         assert "--json" in text, verb
     assert "3 timed out" in run_cli("watch", "--help", env=env).stdout
     assert "always 0" in run_cli("session-announce", "--help", env=env).stdout
-    for verb in ("install-hook", "uninstall-hook", "prune"):
+    for verb in ("install-hook", "uninstall-hook"):
         assert "Does not need the daemon" in run_cli(verb, "--help", env=env).stdout
 
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
+import pgkit
 from claude_mailbox.store import Store, now_iso
-from conftest import REPO, Daemon, base_env, start_daemon
+from conftest import REPO, Daemon, InProcessDaemon, base_env, in_process_daemon, start_daemon
 from faultkit import write_config
 from rawhttp import request, send
 
@@ -29,8 +30,16 @@ BACK_AFTER = LEASE_SECONDS + 0.5  # a lease that was not acknowledged has expire
 
 
 @pytest.fixture
-def short(mailbox_home: Path) -> Iterator[Daemon]:
-    """A daemon whose leases last LEASE_SECONDS."""
+def short(mailbox_home: Path) -> Iterator[InProcessDaemon]:
+    """The app with leases of LEASE_SECONDS, in process (issue 9.7): the readers are still real
+    processes and sockets; only the daemon that is killed below needs a process of its own."""
+    with in_process_daemon(mailbox_home, lease_seconds=LEASE_SECONDS, rate_limit_per_minute=100_000) as running:
+        yield running
+
+
+@pytest.fixture
+def short_process(mailbox_home: Path) -> Iterator[Daemon]:
+    """A daemon process whose leases last LEASE_SECONDS (for the test that SIGKILLs it)."""
     write_config(mailbox_home, lease_seconds=LEASE_SECONDS, rate_limit_per_minute=100_000)
     running = start_daemon(mailbox_home)
     try:
@@ -68,6 +77,9 @@ def drain(daemon: Daemon, name: str) -> list[dict[str, Any]]:
 
 
 def lease_count(daemon: Daemon) -> int:
+    url = pgkit.daemon_database(daemon)
+    if url is not None:  # MAILBOX_TEST_STORE=postgres
+        return int(pgkit.query(url, "SELECT count(*) FROM leases")[0][0])
     connection = sqlite3.connect(f"file:{daemon.db_path}?mode=ro", uri=True)
     try:
         return int(connection.execute("SELECT count(*) FROM leases").fetchone()[0])
@@ -83,7 +95,7 @@ def hang_up_after(daemon: Daemon, raw: bytes) -> None:
 
 def post(daemon: Daemon, path: str, body: bytes, **headers: str) -> bytes:
     lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{daemon.port}", "Content-Type: application/json"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines += [f"{name}: {value}" for name, value in {**daemon.headers, **headers}.items()]
     lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -181,13 +193,13 @@ def test_rest_manual_reader_killed_after_the_answer_loses_nothing(short: Daemon)
     assert_back_in_order(short, "bob", ids, redelivered=True)
 
 
-def test_kill_9_of_the_daemon_between_lease_and_ack_loses_nothing(short: Daemon) -> None:
-    ids = fill(short, "bob", 6)
-    page = manual_check(short, "bob")
+def test_kill_9_of_the_daemon_between_lease_and_ack_loses_nothing(short_process: Daemon) -> None:
+    ids = fill(short_process, "bob", 6)
+    page = manual_check(short_process, "bob")
     assert [m["id"] for m in page["messages"]] == ids
-    short.kill()
-    short.start()
-    assert_back_in_order(short, "bob", ids, redelivered=True)
+    short_process.kill()
+    short_process.start()
+    assert_back_in_order(short_process, "bob", ids, redelivered=True)
 
 
 # --- CLI check and watch --block ------------------------------------------------------------------------
@@ -283,14 +295,14 @@ def test_hook_that_hangs_up_right_after_its_request_loses_nothing(short: Daemon)
 # --- MCP check_inbox ------------------------------------------------------------------------------------------
 
 
-async def _mcp_call(url: str, tool: str, arguments: dict[str, Any]) -> Any:
+async def _mcp_call(daemon: Daemon, tool: str, arguments: dict[str, Any]) -> Any:
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
     from mcp.shared._httpx_utils import create_mcp_http_client
 
     async with (
-        create_mcp_http_client(headers={"X-Mailbox": "bob"}) as http,
-        Client(streamable_http_client(f"{url}/mcp", http_client=http), mode="legacy") as client,
+        create_mcp_http_client(headers={"X-Mailbox": "bob", **daemon.headers}) as http,
+        Client(streamable_http_client(f"{daemon.url}/mcp", http_client=http), mode="legacy") as client,
     ):
         result = await client.call_tool(tool, arguments)
         assert not result.is_error, result.content
@@ -299,10 +311,10 @@ async def _mcp_call(url: str, tool: str, arguments: dict[str, Any]) -> Any:
 
 def test_mcp_check_inbox_acknowledges_after_the_answer_is_written(short: Daemon) -> None:
     ids = fill(short, "bob", 3)
-    first = asyncio.run(_mcp_call(short.url, "check_inbox", {}))
+    first = asyncio.run(_mcp_call(short, "check_inbox", {}))
     assert [m["id"] for m in first["messages"]] == ids
     assert lease_count(short) == 0
-    assert asyncio.run(_mcp_call(short.url, "check_inbox", {}))["messages"] == []
+    assert asyncio.run(_mcp_call(short, "check_inbox", {}))["messages"] == []
 
 
 def test_mcp_reader_that_hangs_up_right_after_its_request_loses_nothing(short: Daemon) -> None:
@@ -318,13 +330,13 @@ def test_mcp_reader_that_hangs_up_right_after_its_request_loses_nothing(short: D
     for _ in range(20):
         hang_up_after(short, post(short, "/mcp", call, **headers))
     time.sleep(BACK_AFTER)
-    got = asyncio.run(_mcp_call(short.url, "check_inbox", {}))
+    got = asyncio.run(_mcp_call(short, "check_inbox", {}))
     assert [m["id"] for m in got["messages"]] == ids
 
 
 def test_mcp_send_with_an_idempotency_key_stores_once(short: Daemon) -> None:
-    first = asyncio.run(_mcp_call(short.url, "send", {"to": "carol", "body": "once", "idempotencyKey": "k1"}))
-    again = asyncio.run(_mcp_call(short.url, "send", {"to": "carol", "body": "once", "idempotencyKey": "k1"}))
+    first = asyncio.run(_mcp_call(short, "send", {"to": "carol", "body": "once", "idempotencyKey": "k1"}))
+    again = asyncio.run(_mcp_call(short, "send", {"to": "carol", "body": "once", "idempotencyKey": "k1"}))
     assert again["id"] == first["id"] and again["repeated"] is True
     assert request(short.url, "GET", "/v1/peek?name=carol").json["pending"] == 1
 
@@ -360,6 +372,10 @@ def test_cli_send_sends_an_idempotency_key(short: Daemon) -> None:
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
+    url = pgkit.daemon_database(short)
+    if url is not None:  # MAILBOX_TEST_STORE=postgres
+        assert pgkit.query(url, "SELECT sender, length(key) FROM idempotency") == [("alice", 32)]
+        return
     connection = sqlite3.connect(f"file:{short.db_path}?mode=ro", uri=True)
     try:
         assert connection.execute("SELECT sender, length(key) FROM idempotency").fetchall() == [("alice", 32)]
@@ -371,6 +387,7 @@ def test_cli_send_sends_an_idempotency_key(short: Daemon) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("MAILBOX_TEST_STORE") == "postgres", reason="fills the SQLite file directly")
 def test_an_inbox_of_10000_x_64_kib_is_drained_by_check_completely_and_exactly_once(
     mailbox_home: Path, tmp_path: Path
 ) -> None:

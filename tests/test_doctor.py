@@ -192,7 +192,10 @@ def test_doctor_sets_everything_up_then_changes_nothing(plugin: Plugin) -> None:
     assert pid is not None
     assert psutil.Process(pid).cmdline()[:4] == [str(plugin.venv / "bin" / "python"), "-m", "claude_mailbox", "serve"]
     # The smoke test cleaned up after itself: no doctor-* mailbox is left to show up as a peer.
-    assert [b["name"] for b in MailboxClient(plugin.url).list()["mailboxes"] if b["name"].startswith("doctor-")] == []
+    token = (plugin.home / "token").read_text().strip()  # the doctor's smoke test got in with it
+    boxes = MailboxClient(plugin.url, token=token).list()["mailboxes"]
+    assert [b["name"] for b in boxes if b["name"].startswith("doctor-")] == []
+    assert f"auth: token ({plugin.home / 'token'})" in first.stdout, first.stdout  # the doctor says which mode is on
 
     # 2. Second run without --yes (no terminal): nothing to change, nothing restarted or rebuilt.
     venv_stamp = (plugin.venv / "pyvenv.cfg").stat().st_mtime_ns

@@ -189,6 +189,7 @@ def test_ended_and_killed_sessions_are_listed_apart_after_the_live_ones(sessions
         ended_claude.kill()
 
 
+@pytest.mark.skipif(os.environ.get("MAILBOX_TEST_STORE") == "postgres", reason="edits the SQLite file directly")
 def test_peers_idle_for_more_than_an_hour_are_not_announced(sessions: Sessions, claude: FakeClaude) -> None:
     import apsw
 
@@ -764,18 +765,28 @@ def test_concurrent_session_starts_start_exactly_one_daemon(
 # --- the MCP headersHelper ---------------------------------------------------------------------------
 
 
+def _headers_helper(env: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The headersHelper command and environment as Claude Code (2.1.197 and 2.1.330) gives them:
+    ${CLAUDE_PLUGIN_ROOT} and ${CLAUDE_PLUGIN_DATA} substituted in the command string, and, unlike a
+    hook's environment, no CLAUDE_PLUGIN_DATA (nor CLAUDE_PID) in it."""
+    command = json.loads((REPO / ".mcp.json").read_text())["mcpServers"]["mailbox"]["headersHelper"]
+    env = dict(env)
+    data = env.pop("CLAUDE_PLUGIN_DATA")
+    return command.replace("${CLAUDE_PLUGIN_ROOT}", str(REPO)).replace("${CLAUDE_PLUGIN_DATA}", data), env
+
+
 def test_headers_helper_prints_the_claude_pid(daemon: Daemon, plugin_data: Path) -> None:
-    spec = json.loads((REPO / ".mcp.json").read_text())["mcpServers"]["mailbox"]
-    command = spec["headersHelper"]
     # As Claude Code runs it (cc-findings c.): no CLAUDE_PID; `claude -> sh -c -> helper`; here the
     # test process plays claude, so the nearest non-shell ancestor is this process.
-    env = hook_env(base_env(daemon.home), url=daemon.url, claude_pid=None, plugin_data=plugin_data)
+    command, env = _headers_helper(
+        hook_env(base_env(daemon.home), url=daemon.url, claude_pid=None, plugin_data=plugin_data)
+    )
     proc = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, cwd=REPO, timeout=30)
     assert proc.returncode == 0 and proc.stderr == ""
-    assert json.loads(proc.stdout) == {"X-Mailbox-Claude-Pid": str(os.getpid())}
+    assert json.loads(proc.stdout) == {"X-Mailbox-Claude-Pid": str(os.getpid()), **daemon.headers}
     env["CLAUDE_PID"] = "4242"
     proc = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, cwd=REPO, timeout=30)
-    assert json.loads(proc.stdout) == {"X-Mailbox-Claude-Pid": "4242"}
+    assert json.loads(proc.stdout) == {"X-Mailbox-Claude-Pid": "4242", **daemon.headers}
 
 
 def test_headers_helper_starts_a_daemon_that_is_down(
@@ -785,12 +796,63 @@ def test_headers_helper_starts_a_daemon_that_is_down(
     it starts it and returns once the port listens, so that connect is accepted (and waits in the
     backlog) instead of being refused while the SessionStart hook is still starting the daemon."""
     port = free_port()
-    command = json.loads((REPO / ".mcp.json").read_text())["mcpServers"]["mailbox"]["headersHelper"]
-    env = _isolated_env(tmp_path, mailbox_home, f"http://127.0.0.1:{port}", plugin_data)
+    # Its environment has no CLAUDE_PLUGIN_DATA: the launcher finds the managed environment (which can
+    # start the daemon) through the command's --plugin-data, else a bare python3 gave up at once.
+    command, env = _headers_helper(_isolated_env(tmp_path, mailbox_home, f"http://127.0.0.1:{port}", plugin_data))
+    env.pop("CLAUDE_PID")
     proc = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, cwd=REPO, timeout=30)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    assert json.loads(proc.stdout) == {"X-Mailbox-Claude-Pid": str(os.getpid())}
+    # The token the daemon it started wrote before listening: the first MCP connect is let in.
+    token = (mailbox_home / "token").read_text().strip()
+    assert json.loads(proc.stdout) == {"X-Mailbox-Claude-Pid": str(os.getpid()), "Authorization": f"Bearer {token}"}
     with socket.create_connection(("127.0.0.1", port), timeout=30) as early:  # accepted at once, not refused
         early.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
         assert early.recv(64).startswith(b"HTTP/1.1 200")
     assert len(_daemons_for(mailbox_home)) == 1
+
+
+@pytest.mark.slow
+def test_headers_helpers_and_session_starts_racing_start_one_daemon(
+    tmp_path: Path, mailbox_home: Path, plugin_data: Path, reap_daemons: None
+) -> None:
+    """Issue 11.1: Claude Code runs the headersHelper and the SessionStart hook at the same moment, and
+    several sessions may start at once. Exactly one daemon starts (the start lock), none exits for a
+    port taken by another, and every helper returns only once the port listens."""
+    port = free_port()
+    env = _isolated_env(tmp_path, mailbox_home, f"http://127.0.0.1:{port}", plugin_data)
+    helper, helper_env = _headers_helper(env)
+    helper_env.pop("CLAUDE_PID")
+    listening: list[bool] = []
+    starts: list[subprocess.CompletedProcess[bytes]] = []
+    go = threading.Barrier(6)
+
+    def run_helper() -> None:
+        go.wait()
+        proc = subprocess.run(["/bin/sh", "-c", helper], env=helper_env, capture_output=True, timeout=30, cwd=REPO)
+        with socket.socket() as probe:  # at once, before any other process could have started it
+            listening.append(proc.returncode == 0 and probe.connect_ex(("127.0.0.1", port)) == 0)
+
+    def run_start() -> None:
+        go.wait()
+        starts.append(
+            subprocess.run(
+                ["/bin/sh", "-c", hook_command("SessionStart")],
+                input=json.dumps(start_input(sid(), "/tmp/race")).encode(),
+                env=env,
+                capture_output=True,
+                timeout=30,
+            )
+        )
+
+    threads = [threading.Thread(target=run_helper) for _ in range(3)] + [
+        threading.Thread(target=run_start) for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(40)
+    assert listening == [True] * 3
+    assert [start.returncode for start in starts] == [0] * 3
+    assert all(b"mailbox name is" in start.stdout for start in starts), [start.stdout for start in starts]
+    assert len(_daemons_for(mailbox_home)) == 1
+    assert "in use" not in (mailbox_home / "daemon.log").read_text()

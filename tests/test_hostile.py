@@ -5,11 +5,13 @@ forge mail framing, and browser attacks that must never reach the store."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from conftest import run_cli
-from faultkit import tracebacks
+import attacks
+from conftest import Daemon, run_cli
+from faultkit import tracebacks, write_config
 from hostilekit import corpus, fuzz, judge_mcp, judge_rest, mcp_requests, rest_requests, send_hostile
 from rawhttp import Reply, check, peek, request, send
 
@@ -138,7 +141,22 @@ def test_schemathesis_finds_nothing_against_the_daemons_own_openapi(server: Any,
         "examples,coverage,fuzzing",
         "--request-timeout",
         "10",
+        # Long polls hold their answer past any timeout by design; /mcp is JSON-RPC (tests/test_mcp.py).
+        "--exclude-tag",
+        "long-poll",
+        "--exclude-tag",
+        "mcp",
     ]
+    # send needs X-Mailbox or `from`: OpenAPI cannot say "one of a header and a field", so valid data may get 400.
+    (tmp_path / "schemathesis.toml").write_text(
+        '[[operations]]\ninclude-operation-id = "send"\n'
+        'checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429", "5xx"]\n'
+        # An unknown session or mailbox is a 404 by design: no "missing test data" warning for these two.
+        '[[operations]]\ninclude-operation-id = "whoami"\nwarnings = false\n'
+        '[[operations]]\ninclude-operation-id = "collaborate"\nwarnings = false\n'
+    )
+    for name, value in server.headers.items():  # the daemon's token (issue 12.1), for the schema too
+        command += ["--header", f"{name}: {value}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout, result.stdout[-3000:]
@@ -336,3 +354,226 @@ def test_the_daemon_served_real_mail_throughout(server: Any) -> None:
     assert send(server.url, "after-alice", "after-bob", "still here").status == 201
     assert [m["body"] for m in check(server.url, "after-bob")] == ["still here"]
     assert_alive_and_clean(server)
+
+
+# --- issue 12: every attack against the real daemon (bench/hostile.py runs them bigger) -----------------
+
+RATE, PEER_RATE, GLOBAL_RATE, CAP = 10, 30, 40, 3
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A daemon whose open-file limit is 1,024, soft and hard: raising it at start cannot help."""
+    home = tmp_path_factory.mktemp("capped-home")
+    running = Daemon(home, log_path=home / "daemon.log", preexec_fn=attacks.limit_open_files())
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    home = tmp_path_factory.mktemp("strict-home")
+    write_config(
+        home,
+        rate_limit_per_minute=RATE,
+        rate_limit_per_peer_per_minute=PEER_RATE,
+        rate_limit_global_per_minute=GLOBAL_RATE,
+        max_pending_per_mailbox=CAP,
+    )
+    running = Daemon(home, log_path=home / "daemon.log").start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_no_route_answers_without_the_token(server: Daemon) -> None:
+    outcome = attacks.no_token(server)
+    assert outcome.accepted == 0, outcome
+
+
+def test_mcp_cannot_read_another_mailbox(server: Daemon) -> None:
+    outcome = attacks.mcp_reads_another_inbox(server, 3)
+    assert outcome.accepted == 0, outcome
+
+
+def test_long_poll_flood_is_capped_and_health_keeps_answering(capped: Daemon) -> None:
+    """1,100 watch?timeout=3600 with the open-file limit at 1,024: at most max_watchers wait, every
+    other one has its 503 + Retry-After at once, /health and sends keep answering, the log stays small."""
+    outcome = attacks.watch_flood(capped, 1100)
+    details = outcome.details
+    health = attacks.health(capped)
+    assert details["connect_failed"] == 0, outcome
+    assert 0 < details["waiting"] <= health["maxWatchers"] < 1024, outcome
+    # flood-0 was waiting when the send below arrived: it got that mail (200), the rest a 503.
+    assert details["waiting"] + details["refused"] + 1 == 1100, outcome
+    assert details["other"] == ["HTTP/1.1 200 OK"], outcome
+    assert details["send_status"] == 201, outcome
+    assert details["health_failures"] == 0 and details["health_max_ms"] < 2000, outcome
+    assert details["log_bytes"] < 20_000, capped.log()[-3000:]
+    assert "Too many open files" not in capped.log()
+    assert health["refused"]["watchers"] + health["refused"]["connections"] >= details["refused"]
+    assert_alive_and_clean(capped)
+    # The waiters went away with their connections: the cap is free again.
+    deadline = time.monotonic() + 10
+    while attacks.health(capped)["waiters"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert attacks.health(capped)["waiters"] == 0
+
+
+def test_idle_connection_flood_is_shed_and_health_keeps_answering(capped: Daemon) -> None:
+    """1,100 connections that never send a byte: those over max_connections are closed at once,
+    /health answers throughout, the open-file limit is never hit."""
+    outcome = attacks.idle_flood(capped, 1100)
+    details = outcome.details
+    assert details["connect_failed"] == 0, outcome
+    assert outcome.accepted == 0 and details["still_open"] <= details["limit"] < 1024, outcome
+    # The idle connections within the cap hold every slot until client_timeout_seconds: a send in
+    # the meantime is refused at once (503 + Retry-After), and works once they are gone.
+    assert details["send_status"] in (201, 503), outcome
+    assert send(capped.url, "after-idle", "idle-inbox", "x").status == 201
+    assert details["health_failures"] == 0 and details["health_max_ms"] < 2000, outcome
+    assert "Too many open files" not in capped.log()
+    assert_alive_and_clean(capped)
+
+
+def test_one_stop_waiter_per_session_even_at_the_cap(strict: Daemon) -> None:
+    """The registry lets a session's Stop hook replace its own waiter at the cap (it adds nothing)."""
+    from claude_mailbox.errors import Overloaded
+    from claude_mailbox.waiters import WaiterRegistry
+
+    registry = WaiterRegistry(capacity=2)
+    first = registry.register("a", "stop:s1")
+    registry.register("b")
+    with pytest.raises(Overloaded):
+        registry.register("c")
+    replacement = registry.register("a", "stop:s1")
+    assert registry.total() == 3 and first._wakes[0].kind == "replaced"
+    registry.unregister(first)
+    registry.unregister(replacement)
+    assert registry.total() == 1
+
+
+def test_session_start_context_stays_bounded(server: Daemon) -> None:
+    outcome = attacks.many_names(server, 300)
+    assert outcome.accepted == 0, outcome
+
+
+def test_other_sessions_text_reaches_the_context_escaped(server: Daemon) -> None:
+    outcome = attacks.escape_injection(server, 2)
+    assert outcome.accepted == 0, outcome
+
+
+def test_rotating_the_sender_name_does_not_lift_the_rate_limit(strict: Daemon) -> None:
+    outcome = attacks.rotating_sender(strict, 60)
+    assert outcome.accepted <= PEER_RATE + 2, outcome  # the peer's burst, plus what refilled meanwhile
+    assert outcome.details["statuses"].get(429, 0) >= 60 - PEER_RATE - 2, outcome
+    assert outcome.details["retry_after_missing"] == 0, outcome
+    reply = send(strict.url, "someone-new", "inbox-x", "x")
+    assert reply.status == 429 and int(reply.headers["Retry-After"]) >= 1
+    assert "exceed" in reply.error()["message"]
+
+
+def test_mailbox_full_carries_retry_after(tmp_path: Path) -> None:
+    write_config(tmp_path, max_pending_per_mailbox=CAP)
+    with Daemon(tmp_path) as running:
+        outcome = attacks.mailbox_full(running, CAP)
+        assert outcome.accepted == 0, outcome
+        reply = send(running.url, "late", f"full-x{uuid.uuid4().hex[:6]}", "x")
+        assert reply.status == 201
+
+
+@pytest.mark.parametrize("label", sorted(attacks.PROTOCOL_GARBAGE))
+def test_protocol_errors_come_out_in_the_one_error_shape(server: Daemon, label: str) -> None:
+    answer = attacks.raw_exchange(server.port, attacks.PROTOCOL_GARBAGE[label](server.port))
+    assert answer.startswith(b"HTTP/1.1 400") or answer.startswith(b"HTTP/1.0 400"), answer[:300]
+    assert attacks.one_error_shape(answer), answer[:600]
+    assert b"aaaaaaaaaa" not in answer  # the client's bytes are not echoed back
+
+
+def test_out_of_range_settings_stop_with_one_line(tmp_path: Path) -> None:
+    outcome = attacks.bad_configs(tmp_path)
+    assert outcome.accepted == 0, outcome
+
+
+def test_database_damaged_while_running_is_reported(tmp_path: Path) -> None:
+    running = Daemon(tmp_path, log_path=tmp_path / "daemon.log").start()
+    try:
+        assert attacks.health(running)["integrity"]["state"] == "ok"
+        outcome = attacks.damage_while_running(running)
+        assert outcome.accepted == 0, outcome
+        integrity = attacks.health(running)["integrity"]
+        assert integrity["problem"] and integrity["checkedAt"], integrity
+        assert "is damaged" in running.log()
+        status = run_cli("status", env=running.env())
+        assert "damaged" in status.stdout, status.stdout + status.stderr
+    finally:
+        running.stop()
+
+
+def test_leftover_read_only_wal_and_shm_are_named_with_the_fix(tmp_path: Path) -> None:
+    """A read-only start (or root's sqlite3) leaves -wal/-shm this user cannot write: the refusal
+    names them and says how to fix it. Root ignores modes, so root makes them immutable instead."""
+    Daemon(tmp_path).start().stop()
+    companions = [tmp_path / "mailbox.db-wal", tmp_path / "mailbox.db-shm"]
+    for path in companions:
+        path.write_bytes(b"")
+        path.chmod(0o444)
+    immutable = os.geteuid() == 0
+    if immutable and any(subprocess.run(["chattr", "+i", str(p)], capture_output=True).returncode for p in companions):
+        pytest.skip("running as root, which ignores modes, and chattr +i is not available here")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "claude_mailbox", "serve", "--port", "0"],
+            env=Daemon(tmp_path).env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        if immutable:
+            for path in companions:
+                subprocess.run(["chattr", "-i", str(path)], check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line, line
+    for path in companions:
+        assert str(path) in line, line
+    assert "chmod u+w" in line and "remove the -wal/-shm" in line, line
+
+
+def test_the_same_error_is_logged_at_most_once_a_second() -> None:
+    import logging
+
+    from claude_mailbox import logfilter
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("claude_mailbox.test-repeat")
+    logger.propagate = False
+    logger.addHandler(Keep())
+    repeat = logfilter.install(("claude_mailbox.test-repeat",))
+    try:
+        for _ in range(1000):
+            try:
+                raise OSError(24, "Too many open files")
+            except OSError:
+                logger.exception("accept failed")
+        logger.error("another error")  # a different message is its own key
+        assert [r.getMessage() for r in records] == ["accept failed", "another error"]
+        assert repeat.suppressed == 999
+        time.sleep(1.05)
+        try:
+            raise OSError(24, "Too many open files")
+        except OSError:
+            logger.exception("accept failed")
+        assert "999 repeats" in records[-1].getMessage()
+    finally:
+        logfilter.uninstall(repeat, ("claude_mailbox.test-repeat",))

@@ -17,8 +17,15 @@ import pytest
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from conftest import Daemon
+from conftest import Daemon, InProcessDaemon
 from rawhttp import peek, request, send
+
+
+@pytest.fixture(scope="module")
+def server(app_module_server: InProcessDaemon) -> InProcessDaemon:
+    """The MCP contract needs no daemon process: the in-process app for the whole module (issue 9.7)."""
+    return app_module_server
+
 
 T = TypeVar("T")
 MODES = ["auto", "legacy"]
@@ -35,7 +42,7 @@ def unique(label: str) -> str:
 @contextlib.asynccontextmanager
 async def connect(server: Daemon, mode: str, headers: dict[str, str] | None = None) -> AsyncIterator[mcp.Client]:
     async with (
-        create_mcp_http_client(headers=headers) as http,
+        create_mcp_http_client(headers={**server.headers, **(headers or {})}) as http,  # the daemon's token
         mcp.Client(streamable_http_client(f"{server.url}/mcp", http_client=http), mode=mode) as client,
     ):
         yield client

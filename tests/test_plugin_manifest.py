@@ -124,8 +124,14 @@ def test_mcp_json_declares_the_http_server_with_the_headers_helper() -> None:
     server = _json(".mcp.json")["mcpServers"]["mailbox"]
 
     assert server["type"] == "http"  # a url without a type is silently dropped
+    # Its tools are in the turn-1 prompt: startup waits for the connect (at most 5 s), where `claude -p`
+    # otherwise waits 2 s at most (a daemon that the session starts may need longer), and tool search
+    # never defers them (the SessionStart context names the send tool).
+    assert server["alwaysLoad"] is True
     assert server["url"] == "${CLAUDE_MAILBOX_URL:-http://127.0.0.1:37849}/mcp"
-    assert shlex.split(server["headersHelper"]) == ["${CLAUDE_PLUGIN_ROOT}/hooks/run", "headers"]
+    # Claude Code substitutes both variables in the command but puts no CLAUDE_PLUGIN_DATA in its environment.
+    helper = ["${CLAUDE_PLUGIN_ROOT}/hooks/run", "headers", "--plugin-data", "${CLAUDE_PLUGIN_DATA}"]
+    assert shlex.split(server["headersHelper"]) == helper
     assert "headers" not in server  # identity comes from the helper, not from static headers
 
 

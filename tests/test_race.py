@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import pgkit
 from claude_mailbox.store import Store
 from conftest import REPO, Daemon, base_env
 from race_workers import INBOX
@@ -76,7 +77,13 @@ def run_race(home: Path, mode: str, target: str, workdir: Path) -> dict[str, Any
     return {"received": received, "sent": sent, "elapsed": elapsed}
 
 
-def assert_exactly_once(result: dict[str, Any], db_path: Path) -> None:
+def open_store(where: Path | str) -> Any:
+    """The daemon's store read directly: its SQLite file, or its PostgreSQL database
+    (MAILBOX_TEST_STORE=postgres)."""
+    return pgkit.SyncPgStore(where) if isinstance(where, str) else Store(where)
+
+
+def assert_exactly_once(result: dict[str, Any], db_path: Path | str) -> None:
     sent_ids = [message_id for ids in result["sent"] for message_id in ids]
     assert len(sent_ids) == PRODUCERS * PER_PRODUCER >= 2_000
     assert len(set(sent_ids)) == len(sent_ids), "two sends got the same id"
@@ -91,7 +98,7 @@ def assert_exactly_once(result: dict[str, Any], db_path: Path) -> None:
     winners = sum(1 for consumer in result["received"] if consumer["ids"])
     assert winners >= 2, [len(consumer["ids"]) for consumer in result["received"]]
 
-    store = Store(db_path)
+    store = open_store(db_path)
     try:
         messages = [m for m in store.all_messages() if m.recipient == INBOX]
         assert {m.id for m in messages} == set(sent_ids)
@@ -115,7 +122,7 @@ def test_store_level_exactly_once_across_processes(tmp_path: Path, mailbox_home:
 def test_rest_exactly_once_across_processes(tmp_path: Path, daemon: Daemon) -> None:
     result = run_race(daemon.home, "rest", daemon.url, tmp_path / "work")
     daemon.stop()
-    assert_exactly_once(result, daemon.db_path)
+    assert_exactly_once(result, pgkit.daemon_database(daemon) or daemon.db_path)
     print(f"REST race: {PRODUCERS * PER_PRODUCER} messages, {CONSUMERS} consumers, {result['elapsed']:.1f} s")
 
 
@@ -169,7 +176,7 @@ def test_consumers_killed_at_random_lose_nothing_and_acknowledge_nothing_twice(
     # ack is refused, so no message is acknowledged under two leases).
     reached = {message_id for ids in pages.values() for message_id in ids}
     assert reached == set(sent), f"lost: {sorted(set(sent) - reached)[:20]}"
-    store = Store(daemon.db_path)
+    store = open_store(pgkit.daemon_database(daemon) or daemon.db_path)
     try:
         assert all(m.delivered_at for m in store.all_messages()) and store.peek(INBOX) == (0, None)
     finally:

@@ -16,6 +16,7 @@ import pytest
 from claude_mailbox.errors import InvalidInput
 from claude_mailbox.setup import settings_patch
 from conftest import Daemon, base_env, run_cli
+from plugin_env import HookRun, run_hook
 
 PREFIX = ["/opt/mailbox venv/bin/claude-mailbox"]  # a space: commands must quote it
 
@@ -279,18 +280,12 @@ def test_installed_commands_work_as_hooks(tmp_path: Path, daemon: Daemon) -> Non
     sid = "0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9"
     hook_env = {**env, "CLAUDE_PID": str(os.getpid()), "CLAUDE_CODE_SESSION_ID": sid}
 
-    def run_hook(event: str, payload: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["/bin/sh", "-c", installed_command(settings, event)],
-            input=json.dumps({"session_id": sid, "hook_event_name": event, **payload}),
-            env=hook_env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+    def installed_hook(event: str, payload: dict[str, Any]) -> HookRun:
+        data = {"session_id": sid, "hook_event_name": event, **payload}
+        return run_hook(event, data, hook_env, command=installed_command(settings, event))
 
     daemon.client().send("bob", "alice", "waiting before start")
-    start = run_hook("SessionStart", {"source": "startup", "cwd": str(tmp_path)})
+    start = installed_hook("SessionStart", {"source": "startup", "cwd": str(tmp_path)})
     assert start.returncode == 0, start.stderr
     context = json.loads(start.stdout)["hookSpecificOutput"]["additionalContext"]
     assert "mailbox name is alice." in context
@@ -298,13 +293,13 @@ def test_installed_commands_work_as_hooks(tmp_path: Path, daemon: Daemon) -> Non
     assert "claude-mailbox send --from alice" in context  # no plugin: no plugin tool name
     assert "mcp__plugin_" not in context and "/claude-mailbox:" not in context
 
-    prompt = run_hook("UserPromptSubmit", {"prompt": "hi"})
+    prompt = installed_hook("UserPromptSubmit", {"prompt": "hi"})
     assert prompt.returncode == 0, prompt.stderr
     out = json.loads(prompt.stdout)["hookSpecificOutput"]
     assert out["hookEventName"] == "UserPromptSubmit"
     assert "from bob at" in out["additionalContext"] and '"waiting before start"' in out["additionalContext"]
     assert daemon.client().peek("alice")["pending"] == 0
-    empty = run_hook("UserPromptSubmit", {"prompt": "again"})
+    empty = installed_hook("UserPromptSubmit", {"prompt": "again"})
     assert empty.returncode == 0 and empty.stdout == ""
 
     whoami = run_cli("whoami", env=hook_env)

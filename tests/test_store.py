@@ -15,7 +15,17 @@ import pytest
 from claude_mailbox.errors import LeaseNotFound, MailboxError, MailboxFull
 from claude_mailbox.hooktext import render_message
 from claude_mailbox.messages import Message
-from claude_mailbox.store import IDEMPOTENCY_SECONDS, MIGRATIONS, SCHEMA_VERSION, Lease, Store, iso_before, now_iso
+from claude_mailbox.store import (
+    IDEMPOTENCY_SECONDS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    FeedFilter,
+    Lease,
+    Store,
+    iso_before,
+    now_iso,
+)
+from pgkit import SyncPgStore, pg_server  # noqa: F401 (pg_server: the session's PostgreSQL, a fixture)
 
 
 @pytest.fixture
@@ -23,9 +33,18 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "mailbox.db"
 
 
-@pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
-    opened = Store(db_path)
+# Tests that take `store` run against both stores (issue 13): SQLite, and PostgreSQL through
+# pgkit.SyncPgStore (the same calls). SQLite-only tests (pragmas, files, query plans) say so.
+sqlite_only = pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, db_path: Path) -> Iterator[Store]:
+    opened: Any
+    if request.param == "postgres":
+        opened = SyncPgStore(request.getfixturevalue("pg_server").fresh_database())
+    else:
+        opened = Store(db_path)
     try:
         yield opened
     finally:
@@ -162,7 +181,7 @@ def test_a_version_2_database_migrates_in_place(db_path: Path) -> None:
     build_version_2_db(db_path)
     store = Store(db_path)
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
         read, *unread = store.all_messages()
         assert read.delivered_at == "2025-06-01T00:00:00.000Z"  # delivered stays delivered
         assert [m.delivered_at for m in unread] == [None, None, None]  # pending stays pending
@@ -188,6 +207,39 @@ def test_a_version_2_database_migrates_in_place(db_path: Path) -> None:
         ("alice", 1),
         ("bob", 0),
     ]
+
+
+def test_a_version_3_database_gets_the_thread_index(db_path: Path) -> None:
+    """Schema 4: messages (sender, recipient, id) serves the feed's thread view (name + peer);
+    a schema-3 database gains it in place with its mail unchanged."""
+    build_version_2_db(db_path)
+    db = apsw.Connection(str(db_path))
+    with db:
+        MIGRATIONS[2](db)
+        db.execute("PRAGMA user_version=3")
+    db.close()
+    assert "messages_thread" not in {name for _, name, _, _ in schema_snapshot(db_path)[1]}
+    rows = raw_rows(db_path, "SELECT * FROM messages ORDER BY id")
+    store = Store(db_path)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert store.pending_counts() == {"bob": 2, "alice": 1}
+        for index in range(300):  # other traffic, so a scan would not be the cheaper plan
+            send(store, f"other-{index % 7}", f"else-{index % 5}", "noise")
+        thread = [m.body for m in store.feed(None, 10, FeedFilter(name="bob", peer="alice"))[0]]
+        assert thread == ["read long ago", 'unread \u00e9\n"quoted"', "unread too", "unread three"]
+        plan = " ".join(
+            str(row[3])
+            for row in store.db.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE id <= 1000 AND ((sender = 'a' AND recipient = 'b')"
+                " OR (sender = 'b' AND recipient = 'a')) ORDER BY id DESC LIMIT 50"
+            )
+        )
+        assert "messages_thread" in plan, plan
+    finally:
+        store.close()
+    assert raw_rows(db_path, "SELECT * FROM messages ORDER BY id")[:4] == rows
+    assert "messages_thread" in {name for _, name, _, _ in schema_snapshot(db_path)[1]}
 
 
 def test_opening_twice_changes_nothing(db_path: Path) -> None:
@@ -382,6 +434,7 @@ def test_ack_refuses_unknown_foreign_and_repeated_leases(store: Store) -> None:
     assert store.lease("bob", lease_seconds=60) == Lease(None, "bob", None, [], 0, 0)
 
 
+@sqlite_only
 def test_expire_leases_returns_mail_without_a_new_read(store: Store) -> None:
     send(store, "alice", "bob", "hi")
     store.lease("bob", lease_seconds=0.05)
@@ -420,6 +473,7 @@ def test_a_repeated_idempotency_key_returns_the_original_and_stores_nothing(stor
     assert store.peek("bob")[0] == 3
 
 
+@sqlite_only
 def test_idempotency_keys_expire_after_24_hours(store: Store) -> None:
     first = store.send("alice", "bob", "once", idempotency_key="k")
     store.db.execute("UPDATE idempotency SET created_at = ?", (iso_before(IDEMPOTENCY_SECONDS + 60),))
@@ -432,6 +486,9 @@ def test_idempotency_keys_expire_after_24_hours(store: Store) -> None:
 
 
 def _counted(store: Store) -> dict[str, int]:
+    if isinstance(store, SyncPgStore):
+        query = "SELECT recipient, count(*) FROM messages WHERE delivered_at IS NULL GROUP BY 1"
+        return dict(store.sql(query))  # type: ignore[arg-type]
     rows = raw_rows(store.path, "SELECT recipient, count(*) FROM messages WHERE delivered_at IS NULL GROUP BY 1")
     return dict(rows)
 
@@ -454,6 +511,7 @@ def test_pending_counts_are_kept_through_send_ack_rename_and_prune(store: Store)
     assert {box.name: box.pending for box in store.mailboxes()}["new"] == 3
 
 
+@sqlite_only
 def test_send_does_not_count_the_inbox(store: Store) -> None:
     statements: list[str] = []
 
@@ -615,6 +673,7 @@ def test_mailboxes_list_pending_counts(store: Store) -> None:
 # --- the pending index ------------------------------------------------------------------------
 
 
+@sqlite_only
 def test_pending_queries_use_the_partial_index(store: Store) -> None:
     for i in range(300):
         send(store, "alice", "bob" if i % 2 else "carol", f"m{i}")

@@ -31,7 +31,8 @@ from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import MailboxError
 from claude_mailbox.setup import lifecycle
 from claude_mailbox.setup import venv as managed_env
-from conftest import REPO, Daemon, free_port
+from conftest import REPO, Daemon, free_port, token_of
+from plugin_env import HookRun, run_hook
 from test_doctor import plugin_env, stdlib_only_python
 
 OLD, NEW = "1.2.0", "1.3.0"
@@ -76,7 +77,7 @@ class Machine:
         return f"http://127.0.0.1:{self.port}"
 
     def client(self) -> MailboxClient:
-        return MailboxClient(self.url, timeout=10.0)
+        return MailboxClient(self.url, timeout=10.0, token=token_of(self.home) or "")  # this machine's token
 
     def run(self, root: Path, *args: str, stdin: str = "", timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
         env = {**self.env, "CLAUDE_PLUGIN_ROOT": str(root), "CLAUDE_PLUGIN_DATA": str(self.data)}
@@ -87,9 +88,14 @@ class Machine:
         self.remember_daemon()
         return result
 
-    def hook(self, root: Path, event: str, session: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    def hook(self, root: Path, event: str, session: str, **extra: str) -> HookRun:
+        """The hook as Claude Code runs it from the plugin at `root` (the suite's one hook runner)."""
         payload = {"session_id": session, "cwd": str(self.tmp), "hook_event_name": event, **extra}
-        return self.run(root, event, stdin=json.dumps(payload), timeout=90)
+        env = {**self.env, "CLAUDE_PLUGIN_ROOT": str(root), "CLAUDE_PLUGIN_DATA": str(self.data)}
+        result = run_hook(event, payload, env, timeout=90)
+        assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+        self.remember_daemon()
+        return result
 
     def daemon_pid(self) -> int | None:
         try:
@@ -138,7 +144,7 @@ def gone(pid: int) -> bool:
         return True
 
 
-def context(result: subprocess.CompletedProcess[str]) -> str:
+def context(result: HookRun) -> str:
     assert result.returncode == 0, result.stderr
     return str(json.loads(result.stdout)["hookSpecificOutput"]["additionalContext"])
 
@@ -171,16 +177,17 @@ class Sender(threading.Thread):
     """Keeps sending while the daemon is replaced; retries what was refused, records what was
     acknowledged (201): each of those must be delivered exactly as sent."""
 
-    def __init__(self, url: str, recipient: str) -> None:
+    def __init__(self, url: str, recipient: str, token: str | None) -> None:
         super().__init__(daemon=True)
         self.url = url
+        self.token = token
         self.recipient = recipient
         self.acknowledged: dict[int, str] = {}
         self.refused = 0
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        client = MailboxClient(self.url, timeout=5.0)
+        client = MailboxClient(self.url, timeout=5.0, token=self.token or "")
         number = 0
         while not self.stop_event.is_set():
             body = f"live {number}"
@@ -208,7 +215,7 @@ def test_a_newer_plugins_session_start_updates_the_daemon_and_loses_no_mail(mach
     client = machine.client()
     waiting = [client.send("peer-b", "peer-a", f"before {i}") for i in range(20)]
 
-    sender = Sender(machine.url, "peer-a")
+    sender = Sender(machine.url, "peer-a", client.token)
     sender.start()
     time.sleep(0.3)
     session = str(uuid.uuid4())
@@ -357,8 +364,10 @@ def exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
 
 
 def old_request(daemon: Daemon, method: str, path: str, headers: list[str], body: bytes | None = None) -> bytes:
-    """What the 0.1.0 stdlib client (wire.py) wrote: Host, Connection: close, its headers, length."""
-    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{daemon.port}", "Connection: close", *headers]
+    """What the 0.1.0 stdlib client (wire.py) wrote: Host, Connection: close, its headers, length; plus
+    the token, which every client sends since 0.2.0 (issue 12.1: a 0.1.0 client without it gets 401)."""
+    token = [f"{name}: {value}" for name, value in daemon.headers.items()]
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{daemon.port}", "Connection: close", *token, *headers]
     if body is not None:
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")

@@ -71,7 +71,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         bind=args.bind,
         db_path=Path(args.db_path).expanduser() if args.db_path else None,
+        database_url=args.database_url,
     )
+    if settings.auth == "token":  # before listening: a client that connects must find the token file
+        from claude_mailbox import auth
+
+        auth.ensure_token(locate.data_dir())
     # Listen before importing aiohttp, mcp and apsw: a client that connects while they load (Claude
     # Code's MCP connection during a lazy start) waits in the backlog instead of being refused.
     sock = listen.listen(settings)
@@ -323,10 +328,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
     and wakes on the daemon's answer to a long-poll, not by polling the database."""
     from urllib.parse import urlencode
 
-    from claude_mailbox import auth, identity, textsafe
+    from claude_mailbox import identity, textsafe
 
-    mailbox_client = client(args, timeout=TAIL_WAIT_SECONDS + 10.0)
-    headers = auth.auth_header()
+    mailbox_client = client(args, timeout=TAIL_WAIT_SECONDS + 10.0)  # sends the token
     filters = {"name": identity.validate_name(args.name, "--name")} if args.name else {}
     if args.since:
         from datetime import UTC, datetime, timedelta
@@ -335,12 +339,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
         filters["since"] = moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         after = 0  # everything since then, page by page, then follow
     else:
-        after = int(
-            mailbox_client.call("GET", f"/v1/feed?{urlencode({**filters, 'limit': '0'})}", headers=headers)["last"]
-        )
+        after = int(mailbox_client.call("GET", f"/v1/feed?{urlencode({**filters, 'limit': '0'})}")["last"])
     while True:
         query = urlencode({**filters, "after": str(after), "wait": str(TAIL_WAIT_SECONDS), "limit": "500"})
-        answer = mailbox_client.call("GET", f"/v1/feed?{query}", headers=headers)
+        answer = mailbox_client.call("GET", f"/v1/feed?{query}")
         for message in answer["messages"]:
             if args.json:
                 print(textsafe.dumps(message))
@@ -357,7 +359,9 @@ def cmd_open(args: argparse.Namespace) -> int:
     from claude_mailbox import auth
 
     url = locate.resolve(args.url)[0]
-    MailboxClient(url, timeout=5.0).health()  # DaemonUnreachable: one line, exit 2
+    mailbox_client = MailboxClient(url, timeout=5.0)
+    mailbox_client.health()  # DaemonUnreachable: one line, exit 2
+    mailbox_client.list()  # a refused token (401) fails here, in one line, not later in the page
     token = auth.read_token()
     link = f"{url}/#token={token}" if token else f"{url}/"
     print(link, flush=True)
@@ -390,16 +394,10 @@ def cmd_collaborate(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from claude_mailbox import config
-    from claude_mailbox.store import Store, iso_before
-
+    """The daemon deletes (POST /v1/prune): the client side never opens the database (issue 9.2)."""
     days = parse_days(args.delivered_older_than)
-    settings = config.load(Path(args.config) if args.config else None)
-    store = Store(settings.database, durability=settings.durability, busy_timeout_ms=settings.busy_timeout_ms)
-    try:
-        count = store.prune(iso_before(days * 86400), dry_run=args.dry_run)
-    finally:
-        store.close()
+    # DaemonUnreachable: one stderr line, exit 2 (start it with `claude-mailbox serve` or the doctor)
+    count = client(args, timeout=60.0).prune(days, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     emit(args, {"deleted": count, "dryRun": args.dry_run}, f"{verb} {count} delivered message(s); pending mail kept")
     return EXIT_OK
@@ -462,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help=f"TCP port (default {paths.DEFAULT_PORT}; 0 picks a free one)")
     serve.add_argument("--bind", help="address to listen on (loopback only; default 127.0.0.1)")
     serve.add_argument("--db-path", help="database file (default: mailbox.db in the data dir)")
+    serve.add_argument(
+        "--database-url",
+        help="postgresql://user@host:port/dbname: keep the mail in PostgreSQL, shared by daemons on several machines",
+    )
     serve.add_argument("--config", help="config file (default: config.toml in the data dir)")
 
     send = verb("send", cmd_send, "send a message")
@@ -586,12 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune = verb(
         "prune",
         cmd_prune,
-        "delete delivered mail older than an age; pending mail is never pruned",
-        exits=LOCAL_EXITS,
+        "delete delivered mail older than an age; pending mail is never pruned (the daemon does it)",
     )
     prune.add_argument("--delivered-older-than", required=True, metavar="AGE", help="e.g. 30d, 12h")
     prune.add_argument("--dry-run", action="store_true", help="count only")
-    prune.add_argument("--config", help="config file (default: config.toml in the data dir)")
     return parser
 
 

@@ -10,6 +10,7 @@ import os
 from typing import Any
 from urllib.parse import quote
 
+from claude_mailbox import auth
 from claude_mailbox.errors import DaemonError, DaemonUnreachable, MailboxError
 from claude_mailbox.httpclient import Response, http_request
 from claude_mailbox.paths import DEFAULT_URL
@@ -18,9 +19,12 @@ from claude_mailbox.paths import DEFAULT_URL
 class MailboxClient:
     """Typed calls over the REST surface; errors arrive as MailboxError subclasses."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout: float = 2.0) -> None:
+    def __init__(self, url: str = DEFAULT_URL, timeout: float = 2.0, token: str | None = None) -> None:
+        """`token`: the daemon's token; by default $CLAUDE_MAILBOX_TOKEN, else the data dir's token file,
+        read at the first call that needs it (a daemon with auth = "none" needs none)."""
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.token = token
 
     def call(
         self,
@@ -32,7 +36,7 @@ class MailboxClient:
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> Any:
-        all_headers = {"Accept": "application/json", **(headers or {})}
+        all_headers = {"Accept": "application/json", **self._auth(path), **(headers or {})}
         if mailbox:
             all_headers["X-Mailbox"] = mailbox
         body = None
@@ -47,6 +51,14 @@ class MailboxClient:
         if response.status >= 400:
             raise _error_from(response, data)
         return data
+
+    def _auth(self, path: str) -> dict[str, str]:
+        if path == "/health":  # open: probes need no token
+            return {}
+        token = self.token
+        if token is None:  # not cached while missing: a daemon starting now writes it
+            token = self.token = auth.read_token()
+        return {"Authorization": f"{auth.SCHEME} {token}"} if token else {}
 
     def health(self) -> dict[str, Any]:
         data = self.call("GET", "/health")
@@ -91,6 +103,15 @@ class MailboxClient:
 
     def whoami(self, session_id: str) -> str:
         return str(self.call("GET", f"/v1/whoami?session={quote(session_id)}")["name"])
+
+    def prune(self, older_than_days: float, *, dry_run: bool = False) -> int:
+        """Delete (or with `dry_run` count) delivered mail older than this; pending mail stays."""
+        payload = {"olderThanDays": older_than_days, "dryRun": dry_run}
+        return int(self.call("POST", "/v1/prune", payload=payload)["deleted"])
+
+    def forget(self, name: str) -> bool:
+        """Remove a mailbox that only ever wrote to itself (False: the daemon kept it)."""
+        return bool(self.call("POST", "/v1/forget", payload={"name": name}, mailbox=name)["forgotten"])
 
 
 def probe_health(url: str, timeout: float = 0.5) -> dict[str, Any] | None:

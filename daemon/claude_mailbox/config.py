@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from claude_mailbox import fsutil, paths
+from claude_mailbox.auth import MODES as AUTH_MODES
 from claude_mailbox.errors import ConfigError
 
 LOOPBACK_BINDS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -27,6 +28,8 @@ class Config:
     port: int = paths.DEFAULT_PORT
     bind: str = paths.DEFAULT_BIND
     db_path: Path | None = None  # None: mailbox.db in the data dir
+    database_url: str | None = None  # postgresql://user@host:port/dbname: the store is on PostgreSQL (several machines)
+    host_id: str | None = None  # this machine's name among daemons sharing a database (default: the host name)
     durability: str = "normal"  # "full" fsyncs every commit (SQLite synchronous=FULL)
     busy_timeout_ms: int = 2000
     max_body_bytes: int = 64 * 1024
@@ -38,6 +41,12 @@ class Config:
     max_response_bytes: int = 4 * 1024 * 1024  # bounds every answer that carries mail (a read pages)
     retention_days: int | None = None  # delivered mail older than this is pruned daily
     prefix: str | None = None  # base of session mailbox names, e.g. "backend" -> backend-1a2b3c4d
+    max_connections: int = 1000  # open connections; lowered at start to what the open-file limit allows
+    max_watchers: int = 512  # waiting long-polls (watch, feed, Stop hooks); over either cap: 503 at once
+    rate_limit_per_peer_per_minute: int | None = None  # None: 10 x rate_limit_per_minute
+    rate_limit_global_per_minute: int | None = None  # None: 20 x rate_limit_per_minute
+    integrity_check_minutes: int = 60  # PRAGMA quick_check this often (and at SIGHUP); 0: only at SIGHUP
+    auth: str = "token"  # "token": every route but /health and the page needs the data dir's token; "none": open
     source: str | None = None  # the file these settings came from, for messages
 
     @property
@@ -45,9 +54,35 @@ class Config:
         return self.db_path or paths.default_db_path()
 
     @property
+    def database_label(self) -> str:
+        """Where the mail is kept, for messages: the file, or the PostgreSQL URL without its password."""
+        if not self.database_url:
+            return str(self.database)
+        return redact_url(self.database_url)
+
+    @property
+    def peer_rate_limit(self) -> int:
+        """Sending requests a minute from one connection peer (address): the claimed name is not trusted."""
+        return self.rate_limit_per_peer_per_minute or 10 * self.rate_limit_per_minute
+
+    @property
+    def global_rate_limit(self) -> int:
+        """Sending requests a minute from everyone together: loopback peers can use 127.0.0.2, 127.0.0.3, ..."""
+        return self.rate_limit_global_per_minute or 20 * self.rate_limit_per_minute
+
+    @property
     def url(self) -> str:
         host = f"[{self.bind}]" if ":" in self.bind else self.bind
         return f"http://{host}:{self.port}"
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password (safe to print and log)."""
+    scheme, found, rest = url.partition("://")
+    if not found or "@" not in rest:
+        return url
+    credentials, host = rest.rsplit("@", 1)
+    return f"{scheme}://{credentials.split(':', 1)[0]}@{host}"
 
 
 # Keys the seed's mailbox.json used, mapped to ours.
@@ -63,8 +98,13 @@ _INT_KEYS = {
     "retention_days",
     "lease_seconds",
     "max_response_bytes",
+    "max_connections",
+    "max_watchers",
+    "rate_limit_per_peer_per_minute",
+    "rate_limit_global_per_minute",
+    "integrity_check_minutes",
 }
-_STR_KEYS = {"bind", "durability", "prefix"}
+_STR_KEYS = {"bind", "durability", "prefix", "auth", "database_url", "host_id"}
 
 
 def load(path: Path | None = None) -> Config:
@@ -103,6 +143,11 @@ RANGES: dict[str, tuple[int, int]] = {
     "lease_seconds": (1, MAX_LEASE_SECONDS),
     "max_response_bytes": (MIN_RESPONSE_BYTES, MAX_RESPONSE_BYTES),
     "retention_days": (1, 36_500),
+    "max_connections": (16, 1_000_000),
+    "max_watchers": (1, 1_000_000),
+    "rate_limit_per_peer_per_minute": (1, 1_000_000_000),
+    "rate_limit_global_per_minute": (1, 1_000_000_000),
+    "integrity_check_minutes": (0, 7 * 24 * 60),
 }
 
 
@@ -112,12 +157,16 @@ def validate(config: Config, origin: str) -> None:
         if value is not None and not low <= value <= high:
             kind = "a positive number " if low == 1 else ""
             raise ConfigError(f"{origin}: {key} must be {kind}between {low} and {high}, not {value}")
+    if config.auth not in AUTH_MODES:
+        raise ConfigError(f'{origin}: auth must be "token" or "none", not {config.auth!r}')
     if config.durability not in DURABILITY_LEVELS:
         raise ConfigError(f"{origin}: durability must be one of {', '.join(DURABILITY_LEVELS)}")
     if config.max_body_bytes > config.max_request_bytes:
         raise ConfigError(f"{origin}: max_body_bytes ({config.max_body_bytes}) must not exceed max_request_bytes")
     if config.db_path is not None:
         _check_db_path(config.db_path, origin)
+    if config.database_url is not None and not config.database_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{origin}: database_url must be a postgresql://user@host:port/dbname URL")
 
 
 def _check_db_path(db_path: Path, origin: str) -> None:

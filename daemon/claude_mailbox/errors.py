@@ -29,6 +29,13 @@ class UnsupportedMediaType(MailboxError):
     http_status = 415
 
 
+class Unauthorized(MailboxError):
+    """No token, or the wrong one, on a daemon with `auth = "token"` (the default)."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
 class Forbidden(MailboxError):
     code = "forbidden"
     http_status = 403
@@ -86,12 +93,23 @@ class MailboxFull(MailboxError):
     code = "mailbox_full"
     http_status = 429
 
+    def __init__(self, message: str, *, retry_after: float | None = 30.0) -> None:
+        # The inbox drains when its owner reads: no time is known, so a modest pause (issue 12.6).
+        super().__init__(message, retry_after=retry_after)
+
 
 class LeaseNotFound(MailboxError):
     """An acknowledgement for a lease that is unknown, already acknowledged, expired or another's."""
 
     code = "lease_not_found"
     http_status = 409
+
+
+class Overloaded(MailboxError):
+    """Over the cap of open connections or waiting long-polls: answered at once, never queued."""
+
+    code = "overloaded"
+    http_status = 503
 
 
 class StoreBusy(MailboxError):

@@ -142,7 +142,9 @@ def _peers(views: list[MailboxView], me: str) -> hooktext.Peers:
 
     def peer(view: MailboxView) -> hooktext.Peer:
         box = view.mailbox
-        return hooktext.Peer(box.name, box.project_dir, view.alive, box.pending, view.state != "client")
+        return hooktext.Peer(
+            box.name, box.project_dir, view.alive, box.pending, view.state != "client", view.remote_host
+        )
 
     return hooktext.Peers(
         live=[peer(v) for v in recent if v.state == "alive"],

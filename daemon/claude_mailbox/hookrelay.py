@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-from claude_mailbox import __version__
+from claude_mailbox import __version__, auth
 from claude_mailbox.errors import DaemonUnreachable
 from claude_mailbox.httpclient import ConnectionRefused, http_request
 from claude_mailbox.locate import daemon_url
@@ -86,6 +86,7 @@ def relay(
         "X-Mailbox-Claude-Pid": str(claude_pid()),
         "X-Mailbox-Plugin-Version": __version__,
         "X-Mailbox-Ack": "manual",  # mail in the answer is acknowledged by acknowledge(), once printed
+        **auth.auth_header(),  # read per relay: a daemon started by this hook has just written it
     }
     if mailbox:
         headers["X-Mailbox"] = mailbox
@@ -122,7 +123,7 @@ def acknowledge() -> None:
                 "POST",
                 f"/v1/ack?name={name}",
                 body=f'{{"leaseId": "{lease}"}}'.encode(),
-                headers={"Content-Type": "application/json", "X-Mailbox": name},
+                headers={"Content-Type": "application/json", "X-Mailbox": name, **auth.auth_header()},
                 timeout=2.0,
             )
         except Exception:  # a hook never fails
@@ -260,11 +261,14 @@ def _stop(data: bytes, url: str) -> tuple[int, str, str]:
 
 
 def headers_helper() -> str:
-    """For .mcp.json's headersHelper: tell the daemon which Claude Code process is calling. Runs just
-    before each MCP connect: a daemon that is down is started here too, so that the connect finds a
-    listening socket (and waits in its backlog) instead of being refused (issue 11.1)."""
+    """For .mcp.json's headersHelper: tell the daemon which Claude Code process is calling, with the
+    daemon's token. Runs just before each MCP connect: a daemon that is down is started here too, so
+    that the connect finds a listening socket (and waits in its backlog) instead of being refused
+    (issue 11.1); the token file exists before that socket listens."""
     _listening_daemon(daemon_url())
-    return f'{{"X-Mailbox-Claude-Pid": "{claude_pid()}"}}'
+    token = auth.read_token()  # after the start above: a first start creates it
+    bearer = f', "Authorization": "{auth.SCHEME} {token}"' if token else ""
+    return f'{{"X-Mailbox-Claude-Pid": "{claude_pid()}"{bearer}}}'
 
 
 def _listening_daemon(url: str) -> None:
@@ -300,6 +304,8 @@ def _listening_daemon(url: str) -> None:
         from claude_mailbox import paths
         from claude_mailbox.setup import autostart, lifecycle
 
+        # The managed venv is found through CLAUDE_PLUGIN_DATA, which Claude Code leaves out of a
+        # headersHelper's environment: hooks/run sets it from the command's --plugin-data (.mcp.json).
         if not (paths.venv_python(paths.managed_venv_dir()).exists() or lifecycle.can_run_daemon_here()):
             return  # a fresh install without the daemon's packages: SessionStart says what to do
         autostart.ensure_running(None, None, wait=0.0)  # at the resolved address

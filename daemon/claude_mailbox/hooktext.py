@@ -28,6 +28,7 @@ class Peer:
     alive: bool
     pending: int
     is_session: bool
+    host: str | None = None  # its machine, when that is another one (daemons sharing PostgreSQL)
 
 
 def context_output(event: str, context: str) -> str:
@@ -111,6 +112,8 @@ def _peer_line(peer: Peer, state: str) -> str:
     facts = [state] if state == "running" else ["ended, mail waits for its resume"]
     if peer.project_dir:
         facts.append(f"project {textsafe.quote(peer.project_dir[:PATH_SHOWN])}")
+    if peer.host:
+        facts.append(f"on {textsafe.quote(peer.host[:PATH_SHOWN])}")
     if peer.pending:
         facts.append(f"{peer.pending} unread in its inbox")
     return f"- {textsafe.clean(peer.name)} ({', '.join(facts)})"

@@ -1,4 +1,5 @@
-"""Per-sender token buckets, so a looping agent cannot flood a peer."""
+"""Token buckets by key: per sender (a looping agent cannot flood a peer), and, in limits.py, per
+connection peer and one global bucket (rotating the claimed sender name does not help)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ _MAX_TRACKED_SENDERS = 100_000
 
 
 class RateLimiter:
-    def __init__(self, per_minute: int) -> None:
+    def __init__(
+        self, per_minute: int, message: str = "{key!r} is sending faster than {limit} messages a minute"
+    ) -> None:
+        self.message = message  # "{key}" and "{limit}" are filled in
         self.capacity = float(per_minute)
         self.refill_per_second = per_minute / 60.0
         self._buckets: dict[str, tuple[float, float]] = {}  # sender -> (tokens, updated at)
@@ -24,8 +28,7 @@ class RateLimiter:
             retry_after = (1.0 - tokens) / self.refill_per_second
             self._buckets[sender] = (tokens, now)
             raise RateLimited(
-                f"{sender!r} is sending faster than {int(self.capacity)} messages a minute; "
-                f"retry in {retry_after:.1f} s",
+                self.message.format(key=sender, limit=int(self.capacity)) + f"; retry in {retry_after:.1f} s",
                 retry_after=retry_after,
             )
         if len(self._buckets) >= _MAX_TRACKED_SENDERS and sender not in self._buckets:

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from claude_mailbox import __version__, hookapi, identity, openapi
-from claude_mailbox.errors import InvalidInput, NotFound
+from claude_mailbox import __version__, hookapi, identity, openapi, schemas
+from claude_mailbox.errors import IdentityMismatch, IdentityRequired, InvalidInput, NotFound
 from claude_mailbox.schemas import mailbox_json
 from claude_mailbox.service import Caller, MailboxService
 from claude_mailbox.store import Lease
@@ -32,17 +32,13 @@ def caller_from_headers(headers: Any) -> Caller:
 # --- request helpers ---------------------------------------------------------------------------
 
 
-def _query(request: web.Request, allowed: set[str]) -> dict[str, str]:
-    unknown = set(request.query) - allowed
-    if unknown:
-        raise InvalidInput(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
-    for key in request.query:
-        if len(request.query.getall(key)) > 1:
-            raise InvalidInput(f"query parameter {key!r} given more than once")
-    return dict(request.query)
+def _query(request: web.Request, shape: Any) -> dict[str, str]:
+    """The query string against its shape in schemas.py (unknown, repeated, missing parameters)."""
+    return schemas.query(shape, request.query)
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
+async def _json_object(request: web.Request, shape: Any = None) -> dict[str, Any]:
+    """The JSON object body; a field its shape in schemas.py does not name is refused."""
     raw = await request.read()
     if not raw:
         return {}
@@ -52,6 +48,8 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
         raise InvalidInput("request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object")
+    if shape is not None:
+        schemas.refuse_unknown(shape, data)
     return data
 
 
@@ -59,14 +57,8 @@ def _caller(request: web.Request) -> Caller:
     return caller_from_headers(request.headers)
 
 
-def _required(query: dict[str, str], key: str) -> str:
-    value = query.get(key)
-    if value is None:
-        raise InvalidInput(f"query parameter {key!r} is required")
-    return value
-
-
-def _number(query: dict[str, str], key: str, default: float, low: float, high: float) -> float:
+def _number(query: dict[str, str], shape: Any, key: str, default: float) -> float:
+    low, high = schemas.bounds(shape, key)
     text = query.get(key)
     if text is None:
         return default
@@ -97,14 +89,12 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 async def send(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    _query(request, set())
-    payload = await _json_object(request)
-    unknown = set(payload) - {"to", "body", "from"}
-    if unknown:
-        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+    _query(request, schemas.NoQuery)
+    payload = await _json_object(request, schemas.SendRequest)
+    if "X-Mailbox" in request.headers:  # a malformed identity is an error even when `from` overrides it
+        identity.validate_name(request.headers["X-Mailbox"], "X-Mailbox header")
     sender = await service.resolve_caller(payload.get("from"), _caller(request), "from")
-    if "to" not in payload or "body" not in payload:
-        raise InvalidInput("fields 'to' and 'body' are required")
+    schemas.require_fields(schemas.SendRequest, payload)
     sent = await service.send(sender, payload["to"], payload["body"], request.headers.get("Idempotency-Key"))
     message = sent.message
     return web.json_response(
@@ -114,8 +104,8 @@ async def send(request: web.Request) -> web.Response:
 
 
 async def peek(request: web.Request) -> web.Response:
-    query = _query(request, {"name"})
-    pending, oldest = await request.app[SERVICE].peek(_required(query, "name"))
+    query = _query(request, schemas.NameQuery)
+    pending, oldest = await request.app[SERVICE].peek(query["name"])
     return web.json_response({"pending": pending, "oldestAt": oldest})
 
 
@@ -130,11 +120,11 @@ async def check_inbox(request: web.Request) -> web.StreamResponse:
     """Mail under a lease. ack=auto (the seed's meaning): acknowledged once the whole answer is
     written. ack=manual: the answer names the lease; POST /v1/ack acknowledges it."""
     service = request.app[SERVICE]
-    query = _query(request, {"name", "maxChars", "ack"})
-    name = _required(query, "name")
+    query = _query(request, schemas.CheckInboxQuery)
+    name = query["name"]
     service.require_owner(name, request.headers.get("X-Mailbox"))
     await _json_object(request)
-    budget = int(_number(query, "maxChars", 0, 1, 10_000_000)) or None
+    budget = int(_number(query, schemas.CheckInboxQuery, "maxChars", 0)) or None
     manual = _manual_ack(query)
     lease = await service.take(name, budget)
     body: dict[str, Any] = {"messages": [m.to_json() for m in lease.messages], "remaining": lease.remaining}
@@ -146,17 +136,14 @@ async def check_inbox(request: web.Request) -> web.StreamResponse:
 async def ack(request: web.Request) -> web.Response:
     """Acknowledge a lease from check-inbox?ack=manual: its mail is delivered. 409 when expired."""
     service = request.app[SERVICE]
-    name = _required(_query(request, {"name"}), "name")
+    name = _query(request, schemas.NameQuery)["name"]
     service.require_owner(name, request.headers.get("X-Mailbox"))
-    payload = await _json_object(request)
-    unknown = set(payload) - {"leaseId"}
-    if unknown:
-        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+    payload = await _json_object(request, schemas.AckRequest)
     return web.json_response({"acked": await service.ack(name, payload.get("leaseId"))})
 
 
 async def list_mailboxes(request: web.Request) -> web.Response:
-    _query(request, set())
+    _query(request, schemas.NoQuery)
     caller = request.headers.get("X-Mailbox") or None
     if caller is not None:
         identity.validate_name(caller, "X-Mailbox header")  # say which input was wrong, as MCP does
@@ -167,10 +154,10 @@ async def list_mailboxes(request: web.Request) -> web.Response:
 async def watch(request: web.Request) -> web.StreamResponse:
     """Long-poll for `watch --block`: answers on mail, rename, or timeout (seconds)."""
     service = request.app[SERVICE]
-    query = _query(request, {"name", "timeout", "ack"})
-    name = _required(query, "name")
+    query = _query(request, schemas.WatchQuery)
+    name = query["name"]
     service.require_owner(name, request.headers.get("X-Mailbox"))
-    timeout = _number(query, "timeout", 25.0, 0.0, 3600.0)
+    timeout = _number(query, schemas.WatchQuery, "timeout", 25.0)
     manual = _manual_ack(query)
     result = await service.watch(name, timeout, still_connected=_connected(request))
     body: dict[str, Any] = {
@@ -215,7 +202,7 @@ async def _deliver(
 async def hook(request: web.Request) -> web.StreamResponse:
     """Claude Code hooks relay their stdin here and print what comes back (see hookrelay.py)."""
     service = request.app[SERVICE]
-    _query(request, set())
+    _query(request, schemas.NoQuery)
     reply = await hookapi.handle(
         service,
         request.match_info["event"],
@@ -241,10 +228,10 @@ async def collaborate(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     name: str | None
     if request.method == "GET":
-        name = _required(_query(request, {"name"}), "name")
+        name = _query(request, schemas.NameQuery)["name"]
     else:
-        _query(request, set())
-        payload = await _json_object(request)
+        _query(request, schemas.NoQuery)
+        payload = await _json_object(request, schemas.CollaborateRequest)
         name = payload.get("name")
         on = payload.get("on")
         if not isinstance(on, bool):
@@ -262,12 +249,46 @@ async def collaborate(request: web.Request) -> web.Response:
 
 
 async def whoami(request: web.Request) -> web.Response:
-    query = _query(request, {"session"})
-    session_id = _required(query, "session")
+    query = _query(request, schemas.WhoamiQuery)
+    session_id = query["session"]
     mailbox = await request.app[SERVICE].whois(session_id)
     if mailbox is None:
         raise NotFound(f"no session {session_id!r} has registered (did its SessionStart hook run?)")
     return web.json_response({"session": session_id, "name": mailbox})
+
+
+async def prune(request: web.Request) -> web.Response:
+    """Delete delivered mail older than `olderThanDays` (what `claude-mailbox prune` asks for).
+    Pending mail is never touched, so no mailbox's owner is asked: the token is the gate, as for
+    the retention_days setting."""
+    _query(request, schemas.NoQuery)
+    payload = await _json_object(request, schemas.PruneRequest)
+    schemas.require_fields(schemas.PruneRequest, payload)
+    days, dry_run = payload["olderThanDays"], payload.get("dryRun", False)
+    low, high = schemas.bounds(schemas.PruneRequest, "olderThanDays")
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not low <= days <= high:
+        raise InvalidInput(f"olderThanDays must be a number of days from {low:g} to {high:g}")
+    if not isinstance(dry_run, bool):
+        raise InvalidInput("'dryRun' must be true or false")
+    deleted = await request.app[SERVICE].prune(float(days), dry_run=dry_run)
+    return web.json_response({"deleted": deleted, "dryRun": dry_run})
+
+
+async def forget(request: web.Request) -> web.Response:
+    """Remove a mailbox that only ever wrote to itself (the doctor's smoke test). Its owner asks:
+    X-Mailbox must name it. Refused quietly (forgotten: false) for a mailbox a session owns, an
+    alias, or one that holds or exchanged mail."""
+    _query(request, schemas.NoQuery)
+    payload = await _json_object(request, schemas.ForgetRequest)
+    schemas.require_fields(schemas.ForgetRequest, payload)
+    name = identity.validate_name(payload["name"], "name")
+    header = request.headers.get("X-Mailbox") or None
+    if header is None:
+        raise IdentityRequired("the X-Mailbox header is required and must equal `name`")
+    if header != name:
+        raise IdentityMismatch(f"X-Mailbox {header!r} may not forget the mailbox {name!r}")
+    forgotten = await request.app[SERVICE].forget(name)
+    return web.json_response({"name": name, "forgotten": forgotten})
 
 
 def add_routes(app: web.Application, service: MailboxService) -> None:
@@ -284,3 +305,5 @@ def add_routes(app: web.Application, service: MailboxService) -> None:
     app.router.add_get("/v1/collaborate", collaborate)
     app.router.add_post("/v1/collaborate", collaborate)
     app.router.add_get("/v1/whoami", whoami)
+    app.router.add_post("/v1/prune", prune)
+    app.router.add_post("/v1/forget", forget)

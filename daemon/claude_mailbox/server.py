@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import importlib
 import logging
-import os
 import signal
 import socket
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 
 from aiohttp import http_exceptions, web
 
-from claude_mailbox import __version__, listen, paths, rest, webui
+from claude_mailbox import __version__, auth, fsutil, listen, logfilter, paths, rest, webui
 from claude_mailbox.config import Config
 from claude_mailbox.errors import (
     Forbidden,
@@ -30,13 +29,19 @@ from claude_mailbox.errors import (
     MethodNotAllowed,
     MisdirectedHost,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     RequestTimeout,
+    Unauthorized,
     UnsupportedMediaType,
 )
+from claude_mailbox.integrity import IntegrityMonitor
+from claude_mailbox.limits import LIMITS, DaemonRunner, Limits, open_file_limit, rate_middleware
 from claude_mailbox.service import MailboxService
 
 CONFIG = web.AppKey("config", Config)
+TOKEN = web.AppKey("token", tuple)  # (the token, its file), or () with auth = "none"
+INTEGRITY = web.AppKey("integrity", IntegrityMonitor)
 MCP = web.AppKey("mcp", asyncio.Future)  # the MCP endpoint, once the SDK is imported (see _run_mcp)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -53,6 +58,10 @@ def error_response(error: MailboxError) -> web.Response:
     response = web.json_response({"error": {"code": error.code, "message": error.message}}, status=error.http_status)
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    if isinstance(error, Overloaded):
+        response.force_close()  # a refused long-poll must give its connection (a file descriptor) back
+    if error.http_status == 401:
+        response.headers["WWW-Authenticate"] = f'{auth.SCHEME} realm="claude-mailbox"'
     return response
 
 
@@ -132,6 +141,31 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     return await handler(request)
 
 
+def _public(request: web.Request) -> bool:
+    """What answers without the token: /health (is it up, which version) and the web page's static
+    shell, which holds no data (its API calls carry the token it takes from the URL fragment)."""
+    if request.method not in ("GET", "HEAD"):
+        return False
+    return request.path in ("/health", "/") or request.path.startswith("/static/")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every other route needs `Authorization: Bearer <token>` (issue 12.1): a loopback port has no
+    file permissions, the token file has. Unknown paths answer 401 too, so nothing is learnt
+    without the token."""
+    token = request.app[TOKEN]
+    if token and not _public(request) and not auth.matches(request.headers.get("Authorization"), token[0]):
+        how = (
+            f'send "Authorization: Bearer <token>" with the token in {token[1]} '
+            f'(curl -H "Authorization: Bearer $(cat {token[1]})"; clients read it or $CLAUDE_MAILBOX_TOKEN)'
+        )
+        if "Authorization" in request.headers:
+            raise Unauthorized(f"the token sent is not this daemon's: {how}")
+        raise Unauthorized(f'this daemon requires its token: {how}, or set auth = "none" in config.toml')
+    return await handler(request)
+
+
 async def _read_body(request: web.Request, seconds: float) -> bool:
     """Read the whole body now, within the client timeout, so a client that trickles it cannot hold
     a handler; the handlers then get the buffered bytes. False when the time ran out."""
@@ -166,13 +200,26 @@ async def _version_header(request: web.Request, response: web.StreamResponse) ->
     response.headers[VERSION_HEADER] = __version__
 
 
-def make_app(config: Config) -> web.Application:
+def make_app(config: Config, data_dir: Path | None = None) -> web.Application:
+    """`data_dir`: where the token lives (default: the data dir); created there at the first start."""
     app = web.Application(
-        middlewares=[errors_middleware, guard_middleware],
+        # The rate limit counts only requests that have the token (the connection cap is in limits.py).
+        middlewares=[errors_middleware, guard_middleware, auth_middleware, rate_middleware],
         client_max_size=config.max_request_bytes,
     )
     service = MailboxService(config)
     app[CONFIG] = config
+    app[LIMITS] = limits = Limits.from_config(config, open_file_limit())
+    service.waiters.capacity, limits.waiters = limits.max_watchers, service.waiters
+    service.reporters.append(limits.info)
+    if not getattr(config, "database_url", None):  # PostgreSQL checks its own pages
+        app[INTEGRITY] = monitor = IntegrityMonitor(config.database, config.integrity_check_minutes)
+        service.reporters.append(monitor.info)
+    if config.auth == "token":
+        home = str(data_dir or paths.data_dir())
+        app[TOKEN] = (auth.ensure_token(home), auth.token_path(home))
+    else:
+        app[TOKEN] = ()
     rest.add_routes(app, service)
     app.cleanup_ctx.append(_service_lifecycle)
     app.on_response_prepare.append(_version_header)
@@ -189,6 +236,9 @@ async def _service_lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[MCP] = asyncio.get_running_loop().create_future()
     mcp = asyncio.create_task(_run_mcp(service, app[MCP]))
     tasks = [asyncio.create_task(_every(CHECKPOINT_INTERVAL, service.checkpoint))]
+    if INTEGRITY in app:
+        app[INTEGRITY].opened()
+        tasks.append(asyncio.create_task(app[INTEGRITY].run()))
     retention = app[CONFIG].retention_days
     if retention:
         tasks.append(asyncio.create_task(_every(RETENTION_INTERVAL, lambda: service.prune(retention), first=0.0)))
@@ -256,10 +306,11 @@ async def serve(config: Config, ready: Callable[[str], None] | None = None, sock
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     raise_open_file_limit()
     logging.getLogger("aiohttp.server").addFilter(_without_client_garbage)
+    repeats = logfilter.install()
     app = make_app(config)
     # keepalive_timeout also bounds the time to send a request's headers: aiohttp closes a connection
     # that has not completed a request's headers this long after it opened or after its last answer.
-    runner = web.AppRunner(
+    runner = DaemonRunner(
         app,
         access_log=None,
         handle_signals=False,
@@ -271,7 +322,11 @@ async def serve(config: Config, ready: Callable[[str], None] | None = None, sock
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
+    if hasattr(signal, "SIGHUP") and INTEGRITY in app:
+        loop.add_signal_handler(signal.SIGHUP, app[INTEGRITY].request)  # "check the database now"
     await runner.setup()
+    app[LIMITS].attach(runner.server)
+    app[rest.SERVICE].reporters.append(lambda: {"logRepeatsSuppressed": repeats.suppressed})
     try:
         # Connections accepted by the kernel since listen() waited in the backlog: served from here on.
         await web.SockSite(runner, sock).start()
@@ -289,6 +344,7 @@ async def serve(config: Config, ready: Callable[[str], None] | None = None, sock
             await running_site.stop()
         await asyncio.sleep(SHUTDOWN_SETTLE_SECONDS)
         await runner.cleanup()
+        logfilter.uninstall(repeats)
     with contextlib.suppress(OSError):
         if url_file.read_text(encoding="utf-8") == url:
             url_file.unlink()
@@ -298,6 +354,8 @@ def _without_client_garbage(record: logging.LogRecord) -> bool:
     """aiohttp logs every malformed request (bad header bytes, ...) with a traceback; those are the
     client's fault and already answered 400, so a flood of them must not flood the daemon's log."""
     error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, ConnectionError):  # the client went away mid-answer: nothing to fix here
+        return False
     return not (isinstance(error, http_exceptions.HttpProcessingError) and 400 <= error.code < 500)
 
 
@@ -305,16 +363,13 @@ def _write_url_file(url: str) -> Path:
     """Hooks read the running daemon's address from here instead of parsing config.toml (faster)."""
     target = paths.url_file()
     with contextlib.suppress(OSError):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_suffix(".tmp")
-        temporary.write_text(url, encoding="utf-8")
-        os.replace(temporary, target)
+        fsutil.atomic_write(target, url)
     return target
 
 
 def run(config: Config, sock: socket.socket | None = None) -> int:
     def announce(url: str) -> None:
-        print(f"claude-mailbox {__version__} listening on {url} (database {config.database})", flush=True)
+        print(f"claude-mailbox {__version__} listening on {url} (database {config.database_label})", flush=True)
 
     try:
         asyncio.run(serve(config, announce, sock))

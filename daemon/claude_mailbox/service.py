@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from claude_mailbox import identity, liveness
 from claude_mailbox.config import Config
 from claude_mailbox.dbthread import DbThread
 from claude_mailbox.errors import (
+    ConfigError,
     IdentityMismatch,
     IdentityRequired,
     InvalidInput,
@@ -32,12 +34,17 @@ from claude_mailbox.errors import (
 from claude_mailbox.messages import Message
 from claude_mailbox.ratelimit import RateLimiter
 from claude_mailbox.store import Cost, FeedFilter, Lease, Mailbox, Rename, Sent, Store, iso_before
+from claude_mailbox.storeapi import MailboxStore, ThreadedStore
 from claude_mailbox.waiters import Waiter, WaiterRegistry, Wake
 
 T = TypeVar("T")
 PEER_WINDOW_SECONDS = 3600
 MAX_WATCH_SECONDS = 3600.0
+# A waiting long-poll looks at its connection this often: one whose client went away gives its
+# place under max_watchers back within this, not at its timeout (up to an hour).
+DISCONNECT_CHECK_SECONDS = 2.0
 STOP_RECHECK_SECONDS = 60.0  # a Stop waiter re-checks its connection and its Claude Code process this often
+HOST_SILENT_SECONDS = 15.0  # 3 missed heartbeats (pgstore.HEARTBEAT_SECONDS): another host's sessions are unknown
 RESPONSE_MARGIN = 1024  # room in max_response_bytes for an answer's own fields around its messages
 
 
@@ -56,7 +63,8 @@ class Caller:
 class MailboxView:
     mailbox: Mailbox
     alive: bool
-    state: str  # "alive" | "ended" | "alias" | "client" (not a Claude Code session)
+    state: str  # "alive" | "ended" | "alias" | "client" (not a Claude Code session) | "unknown" (its host is silent)
+    remote_host: str | None = None  # the session runs on another machine (PostgreSQL): that machine's host id
 
 
 @dataclass(frozen=True)
@@ -112,34 +120,65 @@ class MailboxService:
         self.config = config
         self.waiters = WaiterRegistry()
         self.rate_limiter = RateLimiter(config.rate_limit_per_minute)
+        # More for /health from the server (caps in use, the last integrity check): name -> value.
+        self.reporters: list[Callable[[], dict[str, Any]]] = []
         self._executor = DbThread("mailbox-db")
-        self._store: Store | None = None
+        self._store: MailboxStore | None = None
+        self.host_id = config.host_id or socket.gethostname()
 
     # --- lifecycle --------------------------------------------------------------------------
 
     async def open(self) -> None:
         config = self.config
-        self._store = await self._run_raw(
-            lambda: Store(config.database, durability=config.durability, busy_timeout_ms=config.busy_timeout_ms)
+        if config.database_url:
+            try:
+                from claude_mailbox.pgstore import PgStore  # the optional extra: only this path imports asyncpg
+            except ImportError:
+                raise ConfigError(
+                    "database_url needs the PostgreSQL driver: pip install 'claude-mailbox[postgres]'"
+                ) from None
+            pg = await PgStore.open(config.database_url, host=self.host_id)
+            pg.listen(self._remote_wake)
+            pg.heartbeat(liveness.is_alive)
+            self._store = pg
+            return
+        self._store = await ThreadedStore.open(
+            self._executor,
+            lambda: Store(config.database, durability=config.durability, busy_timeout_ms=config.busy_timeout_ms),
         )
+
+    def _remote_wake(self, kind: str, mailbox: str, detail: str | None) -> None:
+        """Another daemon sharing the database stored mail for (or renamed) a mailbox waited on here."""
+        if kind == "*":  # the listener was deaf for a while: every waiter looks again
+            for name in self.waiters.watched():
+                self.waiters.notify(name, Wake("mail"))
+        elif kind == "renamed" and detail:
+            self.waiters.notify(mailbox, Wake("renamed", detail))
+        else:
+            self.waiters.notify(mailbox, Wake("mail"))
 
     async def close(self) -> None:
         self.waiters.shutdown()
         if self._store is not None:
             store = self._store
             self._store = None
-            await self._run_raw(store.close)
+            await store.close()
         self._executor.shutdown(wait=True)
 
-    async def _run_raw(self, fn: Callable[[], T]) -> T:
-        return await self._executor.run(fn)
-
-    async def db(self, fn: Callable[[Store], T]) -> T:
-        """Run `fn(store)` on the database thread."""
+    @property
+    def store(self) -> MailboxStore:
         store = self._store
         if store is None:
             raise RuntimeError("the store is not open")
-        return await self._run_raw(lambda: fn(store))
+        return store
+
+    async def db(self, fn: Callable[[Store], T]) -> T:
+        """Run `fn(store)` on the database thread (SQLite only: tests and SQLite-specific checks)."""
+        store = self._store
+        if not isinstance(store, ThreadedStore):
+            raise RuntimeError("the SQLite store is not open")
+        sync = store.sync
+        return await self._executor.run(lambda: fn(sync))
 
     # --- identity ---------------------------------------------------------------------------
 
@@ -150,7 +189,7 @@ class MailboxService:
         if caller.header_name:
             return identity.validate_name(caller.header_name, "X-Mailbox header")
         if caller.claude_pid:
-            session = await self.db(lambda s: s.session_for_pid(caller.claude_pid or 0))
+            session = await self.store.session_for_pid(caller.claude_pid or 0)
             if session is not None:
                 return session.mailbox
         raise IdentityRequired(
@@ -168,7 +207,7 @@ class MailboxService:
         key = validate_idempotency_key(idempotency_key)
         self.rate_limiter.take(sender)
         limit = self.config.max_pending_per_mailbox
-        sent = await self.db(lambda s: s.send(sender, recipient, text, max_pending=limit, idempotency_key=key))
+        sent = await self.store.send(sender, recipient, text, max_pending=limit, idempotency_key=key)
         if not sent.repeated:
             self.waiters.notify(sent.message.recipient, Wake("mail"))
         return sent
@@ -188,15 +227,13 @@ class MailboxService:
         identity.validate_name(name)
         seconds = self.config.lease_seconds
         max_bytes = (self.config.max_response_bytes - RESPONSE_MARGIN) // expansion
-        lease = await self.db(
-            lambda s: s.lease(
-                name,
-                lease_seconds=seconds,
-                budget=budget,
-                cost=cost,
-                skip_oversized=skip_oversized,
-                max_bytes=max_bytes,
-            )
+        lease = await self.store.lease(
+            name,
+            lease_seconds=seconds,
+            budget=budget,
+            cost=cost,
+            skip_oversized=skip_oversized,
+            max_bytes=max_bytes,
         )
         if lease.id is not None:
             # If it is never acknowledged, its mail comes back: wake whoever waits for it then.
@@ -207,7 +244,7 @@ class MailboxService:
         identity.validate_name(name)
         if not isinstance(lease_id, str) or not 1 <= len(lease_id) <= 100:
             raise InvalidInput("leaseId must be the lease id a check answered with")
-        return await self.db(lambda s: s.ack(name, lease_id))
+        return await self.store.ack(name, lease_id)
 
     async def settle(self, lease: Lease | None, written: bool) -> None:
         """After an answer carrying `lease`: acknowledge it if it was written, else give its mail back."""
@@ -216,14 +253,14 @@ class MailboxService:
         lease_id = lease.id
         if written:
             with contextlib.suppress(LeaseNotFound):  # expired meanwhile: its mail comes again
-                await self.db(lambda s: s.ack(lease.mailbox, lease_id))
+                await self.store.ack(lease.mailbox, lease_id)
             return
-        await self.db(lambda s: s.release(lease_id))
+        await self.store.release(lease_id)
         self.waiters.notify(lease.mailbox, Wake("mail"))
 
     async def peek(self, name: str) -> tuple[int, str | None]:
         identity.validate_name(name)
-        return await self.db(lambda s: s.peek(name))
+        return await self.store.peek(name)
 
     async def list(self, caller: str | None) -> tuple[list[MailboxView], int]:
         """Every mailbox with liveness, plus how many are pending for `caller` (who is touched)."""
@@ -231,18 +268,25 @@ class MailboxService:
             identity.validate_name(caller)
             # Presence is best effort: a full disk or a locked database must not stop the listing.
             with contextlib.suppress(StorageFull, StoreBusy, StoreUnavailable):
-                await self.db(lambda s: s.touch(caller))
-        boxes = await self.db(lambda s: s.mailboxes())
+                await self.store.touch(caller)
+        boxes = await self.store.mailboxes()
         views = [self._view(box) for box in boxes]
         pending_for_caller = next((box.pending for box in boxes if box.name == caller), 0)
         return views, pending_for_caller
 
-    @staticmethod
-    def _view(box: Mailbox) -> MailboxView:
+    def _view(self, box: Mailbox) -> MailboxView:
         if box.alias_of:
             return MailboxView(box, False, "alias")
         if box.session_id is None:
             return MailboxView(box, False, "client")
+        if box.host is not None and box.host != self.host_id:
+            # Another machine's session: its daemon judges its process; a daemon that stopped saying
+            # it runs leaves its sessions unknown (not dead: the machine may only be unreachable).
+            if box.ended_at is not None:
+                return MailboxView(box, False, "ended", box.host)
+            if box.host_seen is not None and box.host_seen >= iso_before(HOST_SILENT_SECONDS):
+                return MailboxView(box, True, "alive", box.host)
+            return MailboxView(box, False, "unknown", box.host)
         alive = box.ended_at is None and liveness.is_alive(box.claude_pid, box.pid_started)
         return MailboxView(box, alive, "alive" if alive else "ended")
 
@@ -273,14 +317,14 @@ class MailboxService:
         """One long-poll on a registered waiter, until `deadline` (monotonic)."""
         name = waiter.mailbox
         while True:
-            target = await self.db(lambda s: s.alias_target(name))
+            target = await self.store.alias_target(name)
             if target:
                 return WatchResult("renamed", [], target)
             if still_connected():
                 lease = await self.take(name, budget, cost="rendered" if budget else "chars")
                 if lease.messages:
                     return WatchResult("mail", lease.messages, lease=lease)
-            wake = await waiter.next(deadline - time.monotonic())
+            wake = await _next_wake(waiter, deadline, still_connected)
             if wake is None:
                 return WatchResult("timeout", [])
             if wake.kind == "renamed":
@@ -310,7 +354,7 @@ class MailboxService:
         else:
             mailbox = identity.session_mailbox(session_id, prefix or self.config.prefix)
         pid_started = liveness.process_start_time(claude_pid) if claude_pid else None
-        existing = await self.db(lambda s: s.session(session_id))
+        existing = await self.store.session(session_id)
         if (
             existing is not None
             and existing.claude_pid
@@ -323,24 +367,22 @@ class MailboxService:
             raise IdentityMismatch(f"session {session_id!r} belongs to another running Claude Code process")
         rename_from = None
         if source == "clear" and claude_pid:
-            previous = await self.db(lambda s: s.session_for_pid(claude_pid))
+            previous = await self.store.session_for_pid(claude_pid)
             if (
                 previous is not None
                 and previous.session_id != session_id
                 and liveness.is_alive(claude_pid, previous.pid_started)  # the same process, not a reused pid
             ):
                 rename_from = previous.mailbox
-        rename: Rename | None = await self.db(
-            lambda s: s.register_session(
-                session_id=session_id,
-                mailbox=mailbox,
-                claude_pid=claude_pid,
-                pid_started=pid_started,
-                cwd=cwd,
-                project_dir=project_dir,
-                source=source,
-                rename_from=rename_from,
-            )
+        rename: Rename | None = await self.store.register_session(
+            session_id=session_id,
+            mailbox=mailbox,
+            claude_pid=claude_pid,
+            pid_started=pid_started,
+            cwd=cwd,
+            project_dir=project_dir,
+            source=source,
+            rename_from=rename_from,
         )
         if rename is not None:
             self.waiters.notify(rename.old, Wake("renamed", rename.new))
@@ -349,7 +391,7 @@ class MailboxService:
 
     async def session_mailbox(self, session_id: str, prefix: str | None) -> str:
         """The session's registered mailbox, else the one its id derives to."""
-        session = await self.db(lambda s: s.session(session_id))
+        session = await self.store.session(session_id)
         if session is not None:
             return session.mailbox
         return identity.session_mailbox(session_id, prefix or self.config.prefix)
@@ -364,7 +406,7 @@ class MailboxService:
 
     async def session_end(self, session_id: str, reason: str | None, claude_pid: int | None) -> None:
         """End a session. Only its own Claude Code process may end it while that process runs."""
-        session = await self.db(lambda s: s.session(session_id))
+        session = await self.store.session(session_id)
         if session is None:
             return
         if (
@@ -373,14 +415,14 @@ class MailboxService:
             and liveness.is_alive(session.claude_pid, session.pid_started)
         ):
             raise IdentityMismatch(f"only the Claude Code process of session {session_id!r} may end it")
-        ended = await self.db(lambda s: s.end_session(session_id, reason))
+        ended = await self.store.end_session(session_id, reason)
         if ended is not None:
             self.waiters.stop_exclusive(f"stop:{ended.session_id}")
 
     async def stop_wait(self, session_id: str, still_connected: Callable[[], bool], budget: int) -> WatchResult | None:
         """The asyncRewake Stop hook: in collaboration mode, hold until mail arrives and return it
         (under its lease). Otherwise, or when the wait ends without mail, None."""
-        session = await self.db(lambda s: s.session(session_id))
+        session = await self.store.session(session_id)
         if session is None or not session.collaborate or session.ended_at:
             return None
         pid, started = session.claude_pid, session.pid_started
@@ -407,38 +449,42 @@ class MailboxService:
         """Switch collaboration mode of the session owning `mailbox`: only that session may (its
         X-Mailbox header or its Claude Code process)."""
         identity.validate_name(mailbox)
-        owner = await self.db(lambda s: s.session_for_mailbox(mailbox))
+        owner = await self.store.session_for_mailbox(mailbox)
         if owner is None:
             raise NotFound(f"no Claude Code session owns mailbox {mailbox!r}")
         if caller.header_name != mailbox and (caller.claude_pid is None or caller.claude_pid != owner.claude_pid):
             raise IdentityMismatch(f"only the session of mailbox {mailbox!r} may switch its collaboration mode")
-        await self.db(lambda s: s.set_collaborate(mailbox, on))
+        await self.store.set_collaborate(mailbox, on)
         if not on:
             self.waiters.stop_exclusive(f"stop:{owner.session_id}")
 
     async def collaborating(self, mailbox: str) -> bool:
         identity.validate_name(mailbox)
-        session = await self.db(lambda s: s.session_for_mailbox(mailbox))
+        session = await self.store.session_for_mailbox(mailbox)
         return bool(session and session.collaborate and not session.ended_at)
 
     async def stop_waiter_attached(self, mailbox: str) -> bool:
         """Is this session's Stop-hook waiter connected right now (is the wake-up path working)?"""
-        session = await self.db(lambda s: s.session_for_mailbox(mailbox))
+        session = await self.store.session_for_mailbox(mailbox)
         return bool(session and self.waiters.holds(f"stop:{session.session_id}"))
 
     async def whois(self, session_id: str) -> str | None:
-        session = await self.db(lambda s: s.session(session_id))
+        session = await self.store.session(session_id)
         return session.mailbox if session else None
 
     # --- housekeeping ------------------------------------------------------------------------
 
     async def checkpoint(self) -> None:
         with contextlib.suppress(Exception):
-            await self.db(lambda s: s.checkpoint())
+            await self.store.checkpoint()
 
     async def prune(self, older_than_days: float, dry_run: bool = False) -> int:
         cutoff = iso_before(older_than_days * 86400)
-        return await self.db(lambda s: s.prune(cutoff, dry_run=dry_run))
+        return await self.store.prune(cutoff, dry_run=dry_run)
+
+    async def forget(self, name: str) -> bool:
+        """Remove a mailbox that only ever wrote to itself (see Store.forget_mailbox)."""
+        return await self.store.forget_mailbox(identity.validate_name(name))
 
     async def own_inbox(self, name: object, caller: Caller) -> str:
         """The inbox a consuming read may take: the caller's own (X-Mailbox, else its Claude Code
@@ -462,7 +508,13 @@ class MailboxService:
             raise IdentityMismatch(f"X-Mailbox {header_name!r} may not read the inbox of {name!r}")
 
     def info(self) -> dict[str, Any]:
-        return {"dbPath": str(self.config.database), "port": self.config.port, "waiters": self.waiters.total()}
+        return {
+            "dbPath": str(self.config.database),
+            "port": self.config.port,
+            "waiters": self.waiters.total(),
+            "auth": self.config.auth,  # "token" or "none": status and doctor show it
+            **{key: value for report in self.reporters for key, value in report().items()},
+        }
 
     # --- the human view (issue 14): watching, never consuming ------------------------------------
 
@@ -487,15 +539,24 @@ class MailboxService:
         try:
             while True:
                 start = after_id
-                messages, cursor = await self.db(lambda s: s.feed(start, limit, only))  # noqa: B023 (awaited here)
+                messages, cursor = await self.store.feed(start, limit, only)
                 if messages or start is None or not still_connected():
                     return messages, cursor
                 after_id = cursor  # mail that did not match moves the cursor on
-                wake = await waiter.next(deadline - time.monotonic())
+                wake = await _next_wake(waiter, deadline, still_connected)
                 if wake is None or wake.kind != "mail":
                     return messages, cursor
         finally:
             self.waiters.unregister(waiter)
+
+
+async def _next_wake(waiter: Waiter, deadline: float, still_connected: Callable[[], bool]) -> Wake | None:
+    """The waiter's next wake-up; None at `deadline` or once the client has gone away."""
+    while True:
+        remaining = deadline - time.monotonic()
+        wake = await waiter.next(min(remaining, DISCONNECT_CHECK_SECONDS))
+        if wake is not None or remaining <= DISCONNECT_CHECK_SECONDS or not still_connected():
+            return wake
 
 
 FeedPage = tuple[list[Message], int]  # messages for people watching, and the cursor to continue after

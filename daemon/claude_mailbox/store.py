@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -98,6 +99,10 @@ class Mailbox:
     project_dir: str | None
     ended_at: str | None
     collaborate: bool
+    # PostgreSQL only (several machines): the host whose daemon registered the session, and when that
+    # daemon last said it is running (pgstore's heartbeat). None on SQLite: everything is this host.
+    host: str | None = None
+    host_seen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -243,12 +248,28 @@ def _migration_3_delivery(db: apsw.Connection) -> None:
     )
 
 
+def _migration_4_threads(db: apsw.Connection) -> None:
+    """The thread view of the feed (GET /v1/feed?name=A&peer=B): mail between two mailboxes by id,
+    from an index instead of a scan of all mail (each direction is one index range)."""
+    db.execute("CREATE INDEX IF NOT EXISTS messages_thread ON messages (sender, recipient, id)")
+
+
 MIGRATIONS: list[Callable[[apsw.Connection], None]] = [
     _migration_1_messages,
     _migration_2_sessions,
     _migration_3_delivery,
+    _migration_4_threads,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# Exactly one row: the recipient's alias (or NULL), whether its mailbox row exists, and the pending
+# count of the mailbox the mail goes to (the alias's target if any).
+_SEND_TARGET = (
+    "SELECT m.alias_of, m.name IS NOT NULL, coalesce(p.pending, 0) FROM (SELECT ? AS name) q"
+    " LEFT JOIN mailboxes m ON m.name = q.name"
+    " LEFT JOIN pending_counts p ON p.mailbox = coalesce(nullif(m.alias_of, ''), q.name)"
+)
 
 
 def _rows(db: apsw.Connection, sql: str, bindings: tuple[Any, ...] | dict[str, Any] = ()) -> list[Any]:
@@ -269,9 +290,9 @@ def _translated_errors(path: Path, db: apsw.Connection | None = None) -> Iterato
     except (apsw.NotADBError, apsw.CorruptError):
         raise StoreUnavailable(f"{path} is not a valid claude-mailbox database (corrupted?)") from None
     except apsw.ReadOnlyError:
-        raise StoreUnavailable(f"{path} is read-only; nothing was saved") from None
+        raise _read_only(path, f"{path} is read-only; nothing was saved") from None
     except apsw.CantOpenError as exc:
-        raise StoreUnavailable(f"cannot open {path}: {exc} (is {path.parent} writable?)") from None
+        raise _read_only(path, f"cannot open {path}: {exc} (is {path.parent} writable?)") from None
     except apsw.IOError as exc:
         # SQLite reports a write refused by the file-size limit (EFBIG) as a plain I/O error.
         failed = db.system_errno if db is not None else 0
@@ -282,8 +303,77 @@ def _translated_errors(path: Path, db: apsw.Connection | None = None) -> Iterato
         raise StoreUnavailable(f"cannot write {path}: {exc}") from None
 
 
+def _read_only(path: Path, otherwise: str) -> StoreUnavailable:
+    """Name the files this user cannot write: a database once opened read-only, by another user or
+    by root leaves -wal/-shm files behind that keep every later start refusing (issue 12.6)."""
+    parent = path.parent
+    blocked = [
+        str(candidate)
+        for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm"))
+        if candidate.exists() and not os.access(candidate, os.W_OK)
+    ]
+    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
+        blocked.append(f"{parent}/")
+    if not blocked:
+        return StoreUnavailable(otherwise)
+    files = " ".join(blocked)
+    return StoreUnavailable(
+        f"cannot write the database: {files} {'is' if len(blocked) == 1 else 'are'} not writable by this user "
+        f"(left by a read-only start, or by another user's process?); fix: stop other daemons, then "
+        f"chown $(id -un) {files} && chmod u+w {files}, or remove the -wal/-shm files, and start again"
+    )
+
+
 def _disk_full(path: Path) -> StorageFull:
     return StorageFull(f"the disk holding {path} is full; nothing was saved (free some space, then retry)")
+
+
+def quick_check(path: Path, limit: int = 3) -> str | None:
+    """Damage found by `PRAGMA quick_check` on a connection of its own (a long check on a big file
+    must not hold the daemon's database thread; WAL lets it read beside the writer): None when the
+    file is sound, else SQLite's first findings on one line."""
+    try:
+        db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    except apsw.Error as exc:
+        return f"cannot open it to check: {exc}"
+    try:
+        problems = [str(row[0]) for row in db.execute(f"PRAGMA quick_check({int(limit)})").fetchall()]
+    except apsw.Error as exc:  # a damaged header or page makes the check itself fail
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        db.close()
+    if problems == ["ok"]:
+        return None
+    return "; ".join(" ".join(problem.split()) for problem in problems)
+
+
+class WriteGroup:
+    """Group commit for dbthread.DbThread: several sends in one transaction, each in a savepoint
+    (Store._write), committed once. Nothing is answered before the COMMIT has succeeded."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def begin(self) -> None:
+        store = self.store
+        with _translated_errors(store.path, store.db):
+            store.db.execute("BEGIN IMMEDIATE")
+        store._grouped = True
+
+    def commit(self) -> None:
+        store = self.store
+        if not store._grouped:
+            raise StoreUnavailable("the group's transaction ended before its commit")
+        store._grouped = False
+        with _translated_errors(store.path, store.db):
+            try:
+                store.db.execute("COMMIT")
+            except BaseException:
+                store._rollback()
+                raise
+
+    def intact(self) -> bool:
+        return self.store._grouped
 
 
 class Store:
@@ -308,7 +398,9 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL").fetchall()
             self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
             self.db.execute("PRAGMA foreign_keys=ON")
+            self._grouped = False  # inside a WriteGroup's shared transaction (group commit)
             self._migrate()
+        self.group = WriteGroup(self)
 
     def close(self) -> None:
         self.db.close()
@@ -317,7 +409,25 @@ class Store:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[apsw.Connection]:
-        """BEGIN IMMEDIATE: take the write lock up front so concurrent consumers never interleave."""
+        """BEGIN IMMEDIATE: take the write lock up front so concurrent consumers never interleave.
+        Inside a WriteGroup's transaction: a savepoint, so a failure undoes only this write."""
+        if self._grouped:
+            with _translated_errors(self.path, self.db):
+                self.db.execute("SAVEPOINT job")
+                try:
+                    yield self.db
+                    self.db.execute("RELEASE job")
+                except BaseException:
+                    try:
+                        if not self.db.in_transaction:  # SQLite already rolled the whole group back
+                            raise apsw.SQLError("the group's transaction has ended")
+                        self.db.execute("ROLLBACK TO job")
+                        self.db.execute("RELEASE job")
+                    except apsw.Error:
+                        self._grouped = False  # the group's earlier writes are lost: dbthread fails them
+                        self._rollback()
+                    raise
+            return
         with _translated_errors(self.path, self.db):
             self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -401,17 +511,18 @@ class Store:
                 original = self._idempotent_original(db, sender, idempotency_key)
                 if original is not None:
                     return Sent(original, repeated=True)
-            alias = _rows(db, "SELECT alias_of FROM mailboxes WHERE name = ?", (recipient,))
-            target: str = alias[0][0] if alias and alias[0][0] else recipient
-            if max_pending is not None:
-                pending = self._pending_count(db, target)
-                if pending >= max_pending:
-                    raise MailboxFull(
-                        f"mailbox {target!r} already holds {pending} unread messages (the limit); "
-                        "it must read some before it can receive more"
-                    )
+            # One statement for the recipient's alias, whether it exists and the target's kept pending
+            # count (fewer statements per send: each is a GIL hand-off on the database thread).
+            alias, known, pending = _rows(db, _SEND_TARGET, (recipient,))[0]
+            target: str = alias or recipient
+            if max_pending is not None and pending >= max_pending:
+                raise MailboxFull(
+                    f"mailbox {target!r} already holds {pending} unread messages (the limit); "
+                    "it must read some before it can receive more"
+                )
             self._touch(db, sender, at)
-            self._ensure(db, target, at)
+            if not known or alias:  # a new recipient (an alias's target is created here if it was forgotten)
+                self._ensure(db, target, at)
             row = _rows(
                 db,
                 "INSERT INTO messages (sender, recipient, body, created_at, chars, quoted) VALUES (?, ?, ?, ?, ?, ?)"

@@ -11,13 +11,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from claude_mailbox.errors import IdentityRequired, InvalidInput
+from claude_mailbox import schemas
+from claude_mailbox.errors import IdentityRequired
 from claude_mailbox.schemas import mailbox_json
 from claude_mailbox.service import Caller, MailboxService
 
 ToolFunction = Callable[[MailboxService, dict[str, Any], Caller], Awaitable[dict[str, Any]]]
-
-_NAME_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$", "maxLength": 64}
 
 
 @dataclass(frozen=True)
@@ -25,11 +24,15 @@ class Tool:
     name: str
     title: str
     description: str
-    input_schema: dict[str, Any]
+    arguments: Any  # the TypedDict in schemas.py: inputSchema and the argument check come from it
     read_only: bool
     idempotent: bool
     destructive: bool
     run: ToolFunction
+
+    @property
+    def input_schema(self) -> dict[str, Any]:
+        return schemas.input_schema(self.arguments)
 
 
 async def send(service: MailboxService, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
@@ -84,23 +87,7 @@ TOOLS: tuple[Tool, ...] = (
             "claude-mailbox: leave a message in another session's claude-mailbox inbox (kept until read, "
             "even if that session is closed). `from` defaults to this session's mailbox."
         ),
-        input_schema={
-            "type": "object",
-            "properties": {
-                "to": {**_NAME_SCHEMA, "description": "The recipient's mailbox name, e.g. claude-1a2b3c4d."},
-                "body": {"type": "string", "minLength": 1, "description": "The message text."},
-                "from": {**_NAME_SCHEMA, "description": "Your mailbox name; omit to use this session's."},
-                "idempotencyKey": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": 200,
-                    "description": "Optional: a retry with the same key within 24 h returns the first message "
-                    "instead of sending it twice.",
-                },
-            },
-            "required": ["to", "body"],
-            "additionalProperties": False,
-        },
+        arguments=schemas.SendArguments,
         read_only=False,
         idempotent=False,
         destructive=False,
@@ -113,11 +100,7 @@ TOOLS: tuple[Tool, ...] = (
             "claude-mailbox: read and mark delivered the unread messages in this session's claude-mailbox inbox "
             "(a large inbox is read in pages: `remaining` says how many are still waiting)."
         ),
-        input_schema={
-            "type": "object",
-            "properties": {"name": {**_NAME_SCHEMA, "description": "Mailbox to read; omit for this session's."}},
-            "additionalProperties": False,
-        },
+        arguments=schemas.CheckInboxArguments,
         read_only=False,
         idempotent=False,
         destructive=False,
@@ -127,11 +110,7 @@ TOOLS: tuple[Tool, ...] = (
         name="peek_inbox",
         title="claude-mailbox: peek inbox",
         description="claude-mailbox: count unread messages in a claude-mailbox inbox without reading them.",
-        input_schema={
-            "type": "object",
-            "properties": {"name": {**_NAME_SCHEMA, "description": "Mailbox to count; omit for this session's."}},
-            "additionalProperties": False,
-        },
+        arguments=schemas.PeekArguments,
         read_only=True,
         idempotent=True,
         destructive=False,
@@ -144,11 +123,7 @@ TOOLS: tuple[Tool, ...] = (
             "claude-mailbox: list known claude-mailbox mailboxes (live sessions first) and how many unread "
             "messages are waiting for you."
         ),
-        input_schema={
-            "type": "object",
-            "properties": {"name": {**_NAME_SCHEMA, "description": "Your mailbox name; omit for this session's."}},
-            "additionalProperties": False,
-        },
+        arguments=schemas.ListArguments,
         read_only=True,
         idempotent=True,
         destructive=False,
@@ -161,6 +136,4 @@ TOOLS_BY_NAME = {tool.name: tool for tool in TOOLS}
 
 def check_arguments(tool: Tool, args: dict[str, Any]) -> None:
     """`additionalProperties: false`, enforced: refused in REST's words for an unknown JSON field."""
-    unknown = set(args) - set(tool.input_schema["properties"])
-    if unknown:
-        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+    schemas.refuse_unknown(tool.arguments, args)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from claude_mailbox.errors import Overloaded
+
 ANY_MAILBOX = "*"  # not a valid mailbox name: waiters registered here wake on mail to anyone
 
 
@@ -48,12 +50,24 @@ class Waiter:
 
 
 class WaiterRegistry:
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
         self._by_mailbox: dict[str, set[Waiter]] = {}
         self._exclusive: dict[str, Waiter] = {}
+        self._count = 0
+        self.capacity = capacity  # waiting long-polls at most (max_watchers); None: no cap
+        self.refused = 0
 
     def register(self, mailbox: str, exclusive: str | None = None) -> Waiter:
+        """Over the cap: Overloaded (503 at once). A session's Stop hook replacing its own waiter
+        is always let in: it adds nothing, and it is the one waiter that session keeps."""
+        replaces = exclusive is not None and exclusive in self._exclusive
+        if self.capacity is not None and self._count >= self.capacity and not replaces:
+            self.refused += 1
+            raise Overloaded(
+                f"{self._count} long-polls are already waiting (max_watchers); retry shortly", retry_after=5
+            )
         waiter = Waiter(mailbox)
+        self._count += 1
         self._by_mailbox.setdefault(mailbox, set()).add(waiter)
         if exclusive is not None:
             previous = self._exclusive.get(exclusive)
@@ -64,7 +78,8 @@ class WaiterRegistry:
 
     def unregister(self, waiter: Waiter) -> None:
         waiters = self._by_mailbox.get(waiter.mailbox)
-        if waiters is not None:
+        if waiters is not None and waiter in waiters:
+            self._count -= 1
             waiters.discard(waiter)
             if not waiters:
                 del self._by_mailbox[waiter.mailbox]
@@ -93,9 +108,13 @@ class WaiterRegistry:
             for waiter in list(waiters):
                 waiter.wake(Wake("shutdown"))
 
+    def watched(self) -> list[str]:
+        """Every mailbox someone waits on (woken all at once after another daemon's wake-ups were missed)."""
+        return [name for name in self._by_mailbox if name != ANY_MAILBOX]
+
     def holds(self, key: str) -> bool:
         """Is a waiter registered under this exclusive key?"""
         return key in self._exclusive
 
     def total(self) -> int:
-        return sum(len(waiters) for waiters in self._by_mailbox.values())
+        return self._count

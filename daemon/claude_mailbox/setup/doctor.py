@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from claude_mailbox import locate, paths
-from claude_mailbox.client import probe_health
+from claude_mailbox.client import MailboxClient, probe_health
 from claude_mailbox.errors import MailboxError
 from claude_mailbox.setup import lifecycle, venv
 
@@ -324,7 +324,9 @@ class Doctor:
         from claude_mailbox.setup import status
 
         note = status.mcp_note(url, source)
-        return f"{how}; daemon {version} healthy at {url} (address from {source})" + (f"; {note}" if note else "")
+        auth = "auth: " + status.auth_line(status.auth_info(probe_health(url, timeout=2.0)))
+        summary = f"{how}; daemon {version} healthy at {url} (address from {source}); {auth}"
+        return summary + (f"; {note}" if note else "")
 
     # --- 4. prefix ------------------------------------------------------------------------------
 
@@ -358,8 +360,6 @@ class Doctor:
     def check_smoke(self) -> Check:
         import secrets
 
-        from claude_mailbox.client import MailboxClient
-
         url = self.url()
         client = MailboxClient(url, timeout=5.0)
         token = secrets.token_hex(4)
@@ -370,14 +370,17 @@ class Doctor:
         pending = client.peek(name)["pending"]
         if pending != 1:
             raise MailboxError(f"sent message #{sent['id']} to {name}, but peek counts {pending} pending")
-        messages = client.check(name)["messages"]
+        answer = client.check(name, manual=True)  # acknowledged before forget asks: no race with it
+        messages = answer["messages"]
+        if answer.get("leaseId"):
+            client.ack(name, answer["leaseId"])
         if [(m["from"], m["body"]) for m in messages] != [(name, body)]:
             raise MailboxError(f"sent message #{sent['id']} to {name}, but check returned {messages!r}")
         left = client.peek(name)["pending"]
         if left != 0:
             raise MailboxError(f"{name} still has {left} pending after check")
         elapsed = (time.monotonic() - started) * 1000
-        removed = ", removed it" if _forget_mailbox(name) else ""
+        removed = ", removed it" if _forget_mailbox(client, name) else ""
         summary = f"{name} -> itself: sent #{sent['id']}, peeked 1, checked it{removed} ({elapsed:.0f} ms)"
         return Check("smoke", "ok", summary)
 
@@ -500,20 +503,13 @@ def _foreign_database(health: dict[str, Any] | None) -> str | None:
     return None if same else str(theirs)
 
 
-def _forget_mailbox(name: str) -> bool:
+def _forget_mailbox(client: MailboxClient, name: str) -> bool:
     """Remove the smoke test's mailbox, so that sessions do not list it as a peer for the next hour.
-    Straight in the database, like `prune` (the REST surface has no delete); best effort."""
+    The daemon does it (POST /v1/forget): the doctor never opens the database. Best effort: the
+    smoke test has just talked to this daemon, and a refusal only leaves a harmless mailbox."""
     try:
-        from claude_mailbox import config
-        from claude_mailbox.store import Store
-
-        settings = config.load()
-        store = Store(settings.database, durability=settings.durability, busy_timeout_ms=settings.busy_timeout_ms)
-        try:
-            return store.forget_mailbox(name)
-        finally:
-            store.close()
-    except (MailboxError, ImportError):
+        return client.forget(name)
+    except MailboxError:
         return False
 
 

@@ -11,9 +11,9 @@ import os
 from datetime import datetime, timezone
 from typing import Any
 
-from claude_mailbox import __version__, locate, paths, portholder
+from claude_mailbox import __version__, auth, locate, paths, portholder
 from claude_mailbox.client import MailboxClient, probe_health
-from claude_mailbox.errors import DaemonUnreachable, MailboxError
+from claude_mailbox.errors import DaemonError, DaemonUnreachable, MailboxError
 from claude_mailbox.httpclient import Endpoint
 
 # What .mcp.json's url says: Claude Code expands it from its own environment only.
@@ -41,10 +41,46 @@ def gather(flag: str | None = None, session_id: str | None = None) -> dict[str, 
     data.update(_plugin())
     data["database"] = _database(health)
     data["autostart"] = _autostart(client.url)
+    data["auth"] = auth_info(health)
     if session_id:
         data["session"] = {"id": session_id, "mailbox": _session_mailbox(client, session_id, health is not None)}
-    data["mailboxes"] = client.list()["mailboxes"] if health is not None else []
+    data["mailboxes"] = []
+    if health is not None:
+        try:
+            data["mailboxes"] = client.list()["mailboxes"]
+        except DaemonError as exc:
+            if exc.http_status != 401:
+                raise
+            data["auth"]["error"] = exc.message  # the rest of the status is still worth showing
     return data
+
+
+def auth_info(health: dict[str, Any] | None) -> dict[str, Any]:
+    """Which auth mode is on (the running daemon's word, else config.toml's) and where the token is."""
+    mode = health.get("auth") if health else None
+    if mode not in auth.MODES:
+        try:
+            from claude_mailbox import config
+
+            mode = config.load().auth
+        except MailboxError:
+            mode = "token"
+    path = auth.token_path(locate.data_dir())
+    source = "$" + auth.TOKEN_ENV if os.environ.get(auth.TOKEN_ENV, "").strip() else path
+    return {"mode": mode, "tokenPath": path, "tokenSource": source, "tokenFound": auth.read_token() is not None}
+
+
+def auth_line(info: dict[str, Any]) -> str:
+    """One line for status and doctor: the mode, where the token is, and trouble with it."""
+    if info["mode"] == "none":
+        return 'none (auth = "none" in config.toml: any local process can read and send mail)'
+    line = f"token ({info['tokenPath']}"
+    line += f", sent from {info['tokenSource']})" if info["tokenSource"] != info["tokenPath"] else ")"
+    if info.get("error"):
+        line += f"; refused: {info['error']}"
+    elif not info["tokenFound"]:
+        line += "; no token file yet (the daemon writes it at its first start)"
+    return line
 
 
 def render(data: dict[str, Any], now: datetime | None = None) -> str:
@@ -69,8 +105,21 @@ def render(data: dict[str, Any], now: datetime | None = None) -> str:
         ("database", f"{database.get('path') or 'unknown'}  ({size})"),
         ("autostart", f"{autostart['state']}" + (f"  {how}" if how else "")),
     ]
+    integrity = data.get("integrity")
+    if isinstance(integrity, dict):
+        rows.append(("integrity", integrity_line(integrity)))
+    if "maxWatchers" in data:
+        rows.append(
+            (
+                "load",
+                f"{data.get('connections', 0)}/{data.get('maxConnections')} connections, "
+                f"{data.get('waiters', 0)}/{data['maxWatchers']} waiting long-polls",
+            )
+        )
     if "session" in data:
         rows.append(("session", f"{data['session']['mailbox']}  (this session)"))
+    if data.get("auth"):
+        rows.append(("auth", auth_line(data["auth"])))
     if data.get("mcpNote"):
         rows.append(("mcp", data["mcpNote"]))
     lines = ["claude-mailbox status"] + [f"  {label:<10} {value}" for label, value in rows]
@@ -87,6 +136,19 @@ def render(data: dict[str, Any], now: datetime | None = None) -> str:
             seen = _ago(box.get("lastSeen"), now)
             lines.append(f"  {box['name']:<{width}}  {state:<6} {box['pending']:>7}  {seen:<9}  {extra}".rstrip())
     return "\n".join(lines)
+
+
+def integrity_line(integrity: dict[str, Any]) -> str:
+    """The running daemon's last PRAGMA quick_check (at open, on its schedule, at SIGHUP)."""
+    state, when = integrity.get("state"), integrity.get("checkedAt") or "never"
+    if state == "damaged":
+        return (
+            f"DAMAGED  (quick_check at {when}: {integrity.get('problem')}); stop the daemon, copy the "
+            "database aside, restore a backup"
+        )
+    every = integrity.get("everyMinutes")
+    schedule = f"every {every} min and at SIGHUP" if every else "at SIGHUP"
+    return f"{state}  (last quick_check {when}; {schedule})"
 
 
 def _plugin() -> dict[str, Any]:
@@ -198,4 +260,4 @@ def _ago(stamp: str | None, now: datetime) -> str:
     return f"{seconds}s ago"
 
 
-__all__ = ["gather", "render"]
+__all__ = ["auth_info", "auth_line", "gather", "render"]

@@ -1,0 +1,222 @@
+"""The store interface the service speaks, and its SQLite implementation.
+
+Two stores satisfy `MailboxStore`: `ThreadedStore` (the default: store.Store, APSW on SQLite, run on
+the one database thread) and `pgstore.PgStore` (PostgreSQL through asyncpg, for sessions on several
+machines). Both give the same answers; the contract tests (tests/test_store.py) run against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from claude_mailbox.dbthread import DbThread
+from claude_mailbox.messages import Message
+from claude_mailbox.store import Cost, FeedFilter, Lease, Mailbox, Rename, Sent, Session, Store
+
+# Called with (kind, mailbox, detail) when another daemon sharing the database stored mail for a
+# mailbox ("mail") or renamed one ("renamed", detail: the new name): wakes this daemon's waiters.
+RemoteWake = Callable[[str, str, str | None], None]
+
+
+class MailboxStore(Protocol):
+    """Every operation the service needs, async. Errors are MailboxErrors (errors.py)."""
+
+    description: str  # where the mail is, for `info` and the start-up line
+
+    async def close(self) -> None: ...
+    async def schema_version(self) -> int: ...
+    async def checkpoint(self) -> None: ...
+    async def touch(self, name: str) -> None: ...
+    async def alias_target(self, name: str) -> str | None: ...
+    async def send(
+        self,
+        sender: str,
+        recipient: str,
+        body: str,
+        *,
+        max_pending: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Sent: ...
+    async def lease(
+        self,
+        name: str,
+        *,
+        lease_seconds: float,
+        budget: int | None = None,
+        cost: Cost = "chars",
+        limit: int | None = None,
+        skip_oversized: bool = False,
+        max_bytes: int | None = None,
+    ) -> Lease: ...
+    async def ack(self, name: str, lease_id: str) -> int: ...
+    async def release(self, lease_id: str) -> None: ...
+    async def expire_leases(self) -> None: ...
+    async def peek(self, name: str) -> tuple[int, str | None]: ...
+    async def pending_counts(self) -> dict[str, int]: ...
+    async def message(self, message_id: int) -> Message | None: ...
+    async def all_messages(self) -> list[Message]: ...
+    async def prune(self, delivered_before: str, *, dry_run: bool = False) -> int: ...
+    async def forget_mailbox(self, name: str) -> bool: ...
+    async def mailboxes(self) -> list[Mailbox]: ...
+    async def session(self, session_id: str) -> Session | None: ...
+    async def session_for_pid(self, claude_pid: int) -> Session | None: ...
+    async def session_for_mailbox(self, mailbox: str) -> Session | None: ...
+    async def register_session(
+        self,
+        *,
+        session_id: str,
+        mailbox: str,
+        claude_pid: int | None,
+        pid_started: float | None,
+        cwd: str | None,
+        project_dir: str | None,
+        source: str | None,
+        rename_from: str | None = None,
+    ) -> Rename | None: ...
+    async def end_session(self, session_id: str, reason: str | None) -> Session | None: ...
+    async def set_collaborate(self, mailbox: str, on: bool) -> bool: ...
+    async def feed(
+        self, after_id: int | None, limit: int, only: FeedFilter | None = None
+    ) -> tuple[list[Message], int]: ...
+
+
+class ThreadedStore:
+    """store.Store behind the async interface: every call runs on the one thread owning the connection."""
+
+    def __init__(self, thread: DbThread, store: Store) -> None:
+        self._thread = thread
+        self.sync = store
+        self.description = str(store.path)
+
+    @classmethod
+    async def open(cls, thread: DbThread, factory: Callable[[], Store]) -> ThreadedStore:
+        return cls(thread, await thread.run(factory))
+
+    async def close(self) -> None:
+        await self._thread.run(self.sync.close)
+
+    async def schema_version(self) -> int:
+        return await self._thread.run(self.sync.schema_version)
+
+    async def checkpoint(self) -> None:
+        await self._thread.run(self.sync.checkpoint)
+
+    async def touch(self, name: str) -> None:
+        await self._thread.run(lambda: self.sync.touch(name))
+
+    async def alias_target(self, name: str) -> str | None:
+        return await self._thread.run(lambda: self.sync.alias_target(name))
+
+    async def send(
+        self,
+        sender: str,
+        recipient: str,
+        body: str,
+        *,
+        max_pending: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Sent:
+        store = self.sync
+        return await self._thread.run(
+            lambda: store.send(sender, recipient, body, max_pending=max_pending, idempotency_key=idempotency_key),
+            group=store.group,  # sends waiting together share one commit (dbthread.py)
+        )
+
+    async def lease(
+        self,
+        name: str,
+        *,
+        lease_seconds: float,
+        budget: int | None = None,
+        cost: Cost = "chars",
+        limit: int | None = None,
+        skip_oversized: bool = False,
+        max_bytes: int | None = None,
+    ) -> Lease:
+        store = self.sync
+        return await self._thread.run(
+            lambda: store.lease(
+                name,
+                lease_seconds=lease_seconds,
+                budget=budget,
+                cost=cost,
+                limit=limit,
+                skip_oversized=skip_oversized,
+                max_bytes=max_bytes,
+            )
+        )
+
+    async def ack(self, name: str, lease_id: str) -> int:
+        return await self._thread.run(lambda: self.sync.ack(name, lease_id))
+
+    async def release(self, lease_id: str) -> None:
+        await self._thread.run(lambda: self.sync.release(lease_id))
+
+    async def expire_leases(self) -> None:
+        await self._thread.run(self.sync.expire_leases)
+
+    async def peek(self, name: str) -> tuple[int, str | None]:
+        return await self._thread.run(lambda: self.sync.peek(name))
+
+    async def pending_counts(self) -> dict[str, int]:
+        return await self._thread.run(self.sync.pending_counts)
+
+    async def message(self, message_id: int) -> Message | None:
+        return await self._thread.run(lambda: self.sync.message(message_id))
+
+    async def all_messages(self) -> list[Message]:
+        return await self._thread.run(self.sync.all_messages)
+
+    async def prune(self, delivered_before: str, *, dry_run: bool = False) -> int:
+        return await self._thread.run(lambda: self.sync.prune(delivered_before, dry_run=dry_run))
+
+    async def forget_mailbox(self, name: str) -> bool:
+        return await self._thread.run(lambda: self.sync.forget_mailbox(name))
+
+    async def mailboxes(self) -> list[Mailbox]:
+        return await self._thread.run(self.sync.mailboxes)
+
+    async def session(self, session_id: str) -> Session | None:
+        return await self._thread.run(lambda: self.sync.session(session_id))
+
+    async def session_for_pid(self, claude_pid: int) -> Session | None:
+        return await self._thread.run(lambda: self.sync.session_for_pid(claude_pid))
+
+    async def session_for_mailbox(self, mailbox: str) -> Session | None:
+        return await self._thread.run(lambda: self.sync.session_for_mailbox(mailbox))
+
+    async def register_session(
+        self,
+        *,
+        session_id: str,
+        mailbox: str,
+        claude_pid: int | None,
+        pid_started: float | None,
+        cwd: str | None,
+        project_dir: str | None,
+        source: str | None,
+        rename_from: str | None = None,
+    ) -> Rename | None:
+        store = self.sync
+        return await self._thread.run(
+            lambda: store.register_session(
+                session_id=session_id,
+                mailbox=mailbox,
+                claude_pid=claude_pid,
+                pid_started=pid_started,
+                cwd=cwd,
+                project_dir=project_dir,
+                source=source,
+                rename_from=rename_from,
+            )
+        )
+
+    async def end_session(self, session_id: str, reason: str | None) -> Session | None:
+        return await self._thread.run(lambda: self.sync.end_session(session_id, reason))
+
+    async def set_collaborate(self, mailbox: str, on: bool) -> bool:
+        return await self._thread.run(lambda: self.sync.set_collaborate(mailbox, on))
+
+    async def feed(self, after_id: int | None, limit: int, only: FeedFilter | None = None) -> tuple[list[Message], int]:
+        return await self._thread.run(lambda: self.sync.feed(after_id, limit, only))
