@@ -131,6 +131,17 @@ def test_peek_counts_and_consumes_nothing(url: str, name: Callable[[str], str]) 
     assert peek(url, bob) == {"pending": 0, "oldestAt": None}
 
 
+def test_a_read_right_after_a_check_sees_its_mail_delivered(url: str, name: Callable[[str], str]) -> None:
+    """check-inbox (ack=auto) acknowledges after its answer is written; the reader's next request can
+    arrive before that: it waits for the acknowledgement instead of seeing the mail still pending."""
+    alice, bob = name("alice"), name("bob")
+    for round_ in range(40):
+        send(url, alice, bob, f"round {round_}")
+        assert [m["body"] for m in check(url, bob)] == [f"round {round_}"]
+        assert peek(url, bob)["pending"] == 0, round_
+        assert check(url, bob) == [], round_
+
+
 def test_check_inbox_returns_messages_in_order_exactly_once(url: str, name: Callable[[str], str]) -> None:
     bob = name("bob")
     bodies = ["first", 'quotes " and \\ backslashes', "line one\nline two", "emoji 📬 and ünïcödé", "x" * 5000]

@@ -21,6 +21,7 @@ from claude_mailbox.store import (
     SCHEMA_VERSION,
     FeedFilter,
     Lease,
+    Registration,
     Store,
     iso_before,
     now_iso,
@@ -570,16 +571,8 @@ def test_a_budgeted_read_of_a_10000_message_inbox_reads_only_what_it_returns(db_
 
 
 def _register(store: Store, session_id: str, mailbox: str, rename_from: str | None = None) -> Any:
-    return store.register_session(
-        session_id=session_id,
-        mailbox=mailbox,
-        claude_pid=4242,
-        pid_started=1.0,
-        cwd="/work",
-        project_dir="/work",
-        source="clear" if rename_from else "startup",
-        rename_from=rename_from,
-    )
+    source = "clear" if rename_from else "startup"
+    return store.register_session(Registration(session_id, mailbox, 4242, 1.0, "/work", "/work", source), rename_from)
 
 
 def test_rename_moves_pending_mail_and_aliases_the_old_name(store: Store) -> None:

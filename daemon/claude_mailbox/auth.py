@@ -86,7 +86,10 @@ def _ensure_token(data_dir: str) -> str:
             if os.name == "posix":
                 os.chmod(path, 0o600)
             return existing
-        if os.path.lexists(path):  # replacing it could race another daemon's fresh token: say so instead
+        if os.path.lexists(path):
+            if _read_file(path) is not None:
+                continue  # another daemon linked its token between the two looks: use that one
+            # Replacing a damaged file could race another daemon's fresh token: say so instead.
             from claude_mailbox.errors import ConfigError
 
             raise ConfigError(f"the token file {path} is damaged or unreadable: delete it, then start the daemon again")

@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         exits="exit codes: 0 stopped, 1 error.",
     )
     serve.add_argument("--port", type=int, help=f"TCP port (default {paths.DEFAULT_PORT}; 0 picks a free one)")
-    serve.add_argument("--bind", help="address to listen on (loopback only; default 127.0.0.1)")
+    serve.add_argument("--bind", help="address to listen on (default 127.0.0.1; beyond loopback: token + TLS)")
     serve.add_argument("--db-path", help="database file (default: mailbox.db in the data dir)")
     serve.add_argument(
         "--database-url",

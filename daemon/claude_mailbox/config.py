@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tomllib
 from dataclasses import dataclass, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ from claude_mailbox.auth import MODES as AUTH_MODES
 from claude_mailbox.errors import ConfigError
 
 LOOPBACK_BINDS = frozenset({"127.0.0.1", "localhost", "::1"})
+WILDCARD_BINDS = frozenset({"0.0.0.0", "::"})
+DEFAULT_LOOPBACK = "127.0.0.1"
+_PATH_KEYS = {"tls_cert", "tls_key", "tls_ca"}
+_BOOL_KEYS = {"insecure_remote"}
 DURABILITY_LEVELS = ("normal", "full")
 MAX_LEASE_SECONDS = 24 * 3600
 MIN_RESPONSE_BYTES = 64 * 1024
@@ -47,6 +52,11 @@ class Config:
     rate_limit_global_per_minute: int | None = None  # None: 20 x rate_limit_per_minute
     integrity_check_minutes: int = 60  # PRAGMA quick_check this often (and at SIGHUP); 0: only at SIGHUP
     auth: str = "token"  # "token": every route but /health and the page needs the data dir's token; "none": open
+    tls_cert: Path | None = None  # PEM certificate (chain): the daemon serves HTTPS (needed for a non-loopback bind)
+    tls_key: Path | None = None  # PEM private key of tls_cert
+    tls_ca: Path | None = None  # clients: a CA file to trust besides the system's (a self-signed tls_cert)
+    insecure_remote: bool = False  # allow a non-loopback bind without TLS (the token then crosses the network in clear)
+    public_name: str | None = None  # names clients use for this daemon, comma-separated: accepted in Host and Origin
     source: str | None = None  # the file these settings came from, for messages
 
     @property
@@ -71,9 +81,26 @@ class Config:
         return self.rate_limit_global_per_minute or 20 * self.rate_limit_per_minute
 
     @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+    @cached_property
+    def public_names(self) -> frozenset[str]:
+        """Host names besides loopback that Host and Origin may carry: public_name, and bind when it
+        names one address (not 0.0.0.0 / ::)."""
+        names = {name.strip().lower() for name in (self.public_name or "").split(",") if name.strip()}
+        if not is_loopback(self.bind) and self.bind not in WILDCARD_BINDS:
+            names.add(self.bind.lower())
+        return frozenset(f"[{name}]" if ":" in name else name for name in names)
+
+    @property
     def url(self) -> str:
-        host = f"[{self.bind}]" if ":" in self.bind else self.bind
-        return f"http://{host}:{self.port}"
+        bind = self.bind
+        if bind in WILDCARD_BINDS:  # listening everywhere: clients here use the public name, else loopback
+            names = [name.strip() for name in (self.public_name or "").split(",") if name.strip()]
+            bind = names[0] if names else ("::1" if bind == "::" else DEFAULT_LOOPBACK)
+        host = f"[{bind}]" if ":" in bind else bind
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
 def redact_url(url: str) -> str:
@@ -104,7 +131,7 @@ _INT_KEYS = {
     "rate_limit_global_per_minute",
     "integrity_check_minutes",
 }
-_STR_KEYS = {"bind", "durability", "prefix", "auth", "database_url", "host_id"}
+_STR_KEYS = {"bind", "durability", "prefix", "auth", "database_url", "host_id", "public_name"}
 
 
 def load(path: Path | None = None) -> Config:
@@ -167,6 +194,30 @@ def validate(config: Config, origin: str) -> None:
         _check_db_path(config.db_path, origin)
     if config.database_url is not None and not config.database_url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"{origin}: database_url must be a postgresql://user@host:port/dbname URL")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        missing = "tls_key" if config.tls_key is None else "tls_cert"
+        raise ConfigError(f"{origin}: tls_cert and tls_key go together: {missing} is missing")
+    for name in (config.public_name or "").split(","):
+        name = name.strip()
+        if name and not all(ch.isalnum() or ch in ".-:" for ch in name):
+            raise ConfigError(f"{origin}: public_name must be host names separated by commas, not {name!r}")
+
+
+def remote_problem(config: Config) -> str | None:
+    """Why this config may not listen beyond loopback (None: it may). A remote daemon needs the
+    token (issue 12.1) and TLS, or an explicit insecure_remote = true."""
+    if is_loopback(config.bind):
+        return None
+    where = config.source or "config.toml"
+    if config.auth != "token":
+        return f'refusing to bind {config.bind}: beyond loopback the token is required: set auth = "token" in {where}'
+    if not config.tls and not config.insecure_remote:
+        missing = " and ".join(key for key in ("tls_cert", "tls_key") if getattr(config, key) is None)
+        return (
+            f"refusing to bind {config.bind} beyond loopback without TLS: set {missing} (PEM files) in {where}, "
+            "or insecure_remote = true to send the token in clear"
+        )
+    return None
 
 
 def _check_db_path(db_path: Path, origin: str) -> None:
@@ -230,10 +281,12 @@ def _apply(config: Config, raw: dict[str, Any], path: Path) -> Config:
             raise ConfigError(f"{path}: {key} must be a whole number, not {value!r}")
         if key in _STR_KEYS and not isinstance(value, str):
             raise ConfigError(f"{path}: {key} must be a string, not {value!r}")
-        if key == "db_path":
+        if key == "db_path" or key in _PATH_KEYS:
             if not isinstance(value, str) or not value:
-                raise ConfigError(f"{path}: db_path must be a file path")
+                raise ConfigError(f"{path}: {key} must be a file path")
             value = Path(value).expanduser()
+        if key in _BOOL_KEYS and not isinstance(value, bool):
+            raise ConfigError(f"{path}: {key} must be true or false, not {value!r}")
         values[key] = value
     merged = replace(config, **values)
     validate(merged, str(path))

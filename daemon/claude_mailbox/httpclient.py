@@ -1,16 +1,25 @@
 """Just enough HTTP/1.1 over a raw socket to talk to the daemon: one request per connection.
 
 Imports only `_socket` and `claude_mailbox.errors`, so a hook process that uses it starts in about
-10 ms; `http.client` would add ~30 ms (it pulls in `email` and `ssl`) to every prompt.
+10 ms; `http.client` would add ~30 ms (it pulls in `email` and `ssl`) to every prompt. An https://
+URL (a remote daemon, issue 13.2) imports `ssl` for that request only, and verifies the daemon's
+certificate against the system CAs plus $CLAUDE_MAILBOX_CA (or `tls_ca` in config.toml).
 """
 
 from __future__ import annotations
 
 import _socket
+import os
 
 from claude_mailbox.errors import DaemonUnreachable, MailboxError
 
+TYPE_CHECKING = False  # not `typing`: importing it costs a hook ~5 ms (mypy knows this name)
+if TYPE_CHECKING:
+    import ssl
+
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+CA_ENV = "CLAUDE_MAILBOX_CA"
+_tls_context: ssl.SSLContext | None = None  # built once per process, on the first https request
 
 
 class ConnectionRefused(DaemonUnreachable):
@@ -27,31 +36,34 @@ def _header_safe(text: str) -> bool:
 
 
 class Endpoint:
-    __slots__ = ("host", "port")
+    __slots__ = ("host", "port", "tls")
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, tls: bool = False) -> None:
         self.host = host
         self.port = port
+        self.tls = tls
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
-        """`http://127.0.0.1:37849` (a trailing slash or path is ignored) -> host and port."""
+        """`http://127.0.0.1:37849` or `https://host:port` (a trailing slash or path is ignored) ->
+        host, port and whether to speak TLS."""
         rest = url.strip()
-        if not rest.startswith("http://"):
-            raise MailboxError(f"unsupported daemon URL {url!r}: expected http://HOST:PORT")
-        authority = rest[len("http://") :].split("/", 1)[0]
+        scheme = rest.partition("://")[0] if "://" in rest else ""
+        if scheme not in ("http", "https"):
+            raise MailboxError(f"unsupported daemon URL {url!r}: expected http://HOST:PORT or https://HOST:PORT")
+        authority = rest[len(scheme) + 3 :].split("/", 1)[0]
         if authority.startswith("["):
             host, _, port_part = authority[1:].partition("]")
             port_text = port_part.lstrip(":")
         else:
             host, _, port_text = authority.partition(":")
         try:
-            port = int(port_text) if port_text else 80
+            port = int(port_text) if port_text else (443 if scheme == "https" else 80)
         except ValueError:
             raise MailboxError(f"invalid port in daemon URL {url!r}") from None
         if not host or not 0 < port < 65536:
             raise MailboxError(f"invalid daemon URL {url!r}")
-        return cls(host, port)
+        return cls(host, port, scheme == "https")
 
     @property
     def host_header(self) -> str:
@@ -94,12 +106,15 @@ def http_request(
     request = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + (body or b"")
     try:
         family = _socket.AF_INET6 if ":" in endpoint.host else _socket.AF_INET
+        server_name = endpoint.host  # the name the certificate must carry
         if endpoint.host == "localhost":
-            endpoint = Endpoint("127.0.0.1", endpoint.port)
-        sock = _socket.socket(family, _socket.SOCK_STREAM)
+            endpoint = Endpoint("127.0.0.1", endpoint.port, endpoint.tls)
+        sock: _socket.socket = _socket.socket(family, _socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
             sock.connect((endpoint.host, endpoint.port))
+            if endpoint.tls:
+                sock = _tls().wrap_socket(sock, server_hostname=server_name)  # type: ignore[arg-type]
             sock.sendall(request)
             raw = _read_all(sock)
         finally:
@@ -108,9 +123,46 @@ def http_request(
         raise ConnectionRefused(f"the mailbox daemon at {url} is not answering (connection refused)") from None
     except TimeoutError:
         raise TimedOut(f"the mailbox daemon at {url} is not answering (timed out)") from None
-    except OSError as exc:  # reset, no route, response too large
+    except OSError as exc:  # reset, no route, response too large, a certificate that does not verify
         raise DaemonUnreachable(f"the mailbox daemon at {url} is not answering ({_reason(exc)})") from None
     return _parse_response(raw, url)
+
+
+def _tls() -> ssl.SSLContext:
+    """Verify the daemon against the system CAs plus the CA file of $CLAUDE_MAILBOX_CA, else of
+    `tls_ca` in config.toml (a self-signed certificate is its own CA file)."""
+    global _tls_context
+    if _tls_context is None:
+        import ssl
+
+        context = ssl.create_default_context()
+        ca_file = os.environ.get(CA_ENV) or _configured_ca()
+        if ca_file:
+            try:
+                context.load_verify_locations(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise MailboxError(f"cannot read the CA file {ca_file}: {_reason(exc)}") from None
+        _tls_context = context
+    return _tls_context
+
+
+def _configured_ca() -> str | None:
+    """`tls_ca` from config.toml, else its `tls_cert` (the daemon's own machine: a self-signed
+    certificate is its own CA), read without the config module (only https requests pay for it)."""
+    from claude_mailbox import locate
+
+    path = os.path.join(locate.data_dir(), "config.toml")
+    if not os.path.isfile(path):
+        return None
+    import tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            settings = tomllib.load(handle)
+        value = settings.get("tls_ca") or settings.get("tls_cert")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return os.path.expanduser(value) if isinstance(value, str) and value else None
 
 
 def _read_all(sock: _socket.socket) -> bytes:
@@ -159,4 +211,8 @@ def _dechunk(data: bytes) -> bytes:
 
 
 def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
+    verify = getattr(exc, "verify_message", None)  # ssl.SSLCertVerificationError
+    if verify:
+        return f"TLS: certificate verify failed: {verify}; trust its CA with ${CA_ENV} or tls_ca in config.toml"
+    reason = getattr(exc, "reason", None)  # other ssl errors
+    return (f"TLS: {reason}" if reason else None) or exc.strerror or str(exc) or type(exc).__name__

@@ -12,8 +12,12 @@ import errno
 import os
 import socket
 
-from claude_mailbox.config import Config, is_loopback
+from claude_mailbox.config import Config, remote_problem
 from claude_mailbox.errors import ConfigError, MailboxError
+
+TYPE_CHECKING = False  # not `typing`: nothing extra before the socket listens (mypy knows this name)
+if TYPE_CHECKING:
+    import ssl
 
 # Connections that may wait while the app starts (the kernel caps it at net.core.somaxconn).
 BACKLOG = 1024
@@ -21,11 +25,13 @@ BACKLOG = 1024
 
 def listen(config: Config) -> socket.socket:
     """A listening TCP socket on config.bind:config.port (port 0: any free port); ConfigError with a
-    one-line reason when that is not possible (not loopback, port taken, no permission)."""
-    if not is_loopback(config.bind):
-        raise ConfigError(
-            f"refusing to bind {config.bind}: claude-mailbox only listens on loopback (127.0.0.1, ::1, localhost)"
-        )
+    one-line reason when that is not possible (beyond loopback without token and TLS, unusable TLS
+    files, port taken, no permission)."""
+    problem = remote_problem(config)
+    if problem:
+        raise ConfigError(problem)
+    if config.tls:
+        ssl_context(config)  # a bad certificate or key stops the start here, in one line
     family, address = _address(config.bind, config.port)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -41,6 +47,22 @@ def listen(config: Config) -> socket.socket:
             raise ConfigError(describe_port_holder(config)) from None
         raise ConfigError(f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}") from None
     return sock
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The server-side TLS context of tls_cert / tls_key (None without TLS); ConfigError in one line."""
+    if not config.tls:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise ConfigError(f"cannot use tls_cert {config.tls_cert} with tls_key {config.tls_key}: {reason}") from None
+    return context
 
 
 def bound_port(sock: socket.socket) -> int:

@@ -45,6 +45,7 @@ from claude_mailbox.store import (
     FeedFilter,
     Lease,
     Mailbox,
+    Registration,
     Rename,
     Sent,
     Session,
@@ -706,19 +707,9 @@ class PgStore:
     async def session_for_mailbox(self, mailbox: str) -> Session | None:
         return await self._session_where("mailbox = $1", mailbox)
 
-    async def register_session(
-        self,
-        *,
-        session_id: str,
-        mailbox: str,
-        claude_pid: int | None,
-        pid_started: float | None,
-        cwd: str | None,
-        project_dir: str | None,
-        source: str | None,
-        rename_from: str | None = None,
-    ) -> Rename | None:
+    async def register_session(self, start: Registration, rename_from: str | None = None) -> Rename | None:
         at = now_iso()
+        session_id, mailbox = start.session_id, start.mailbox
         async with self._tx() as conn:
             await self._touch(conn, mailbox, at)
             await conn.execute(
@@ -732,13 +723,7 @@ class PgStore:
                     source = excluded.source, started_at = excluded.started_at, ended_at = NULL, end_reason = NULL,
                     host = excluded.host
                 """,
-                session_id,
-                mailbox,
-                claude_pid,
-                pid_started,
-                cwd,
-                project_dir,
-                source,
+                *start.row(),
                 at,
                 self.host,
             )

@@ -185,17 +185,21 @@ async def _deliver(
     the mail goes back to the inbox at once."""
     response = web.StreamResponse(status=200, headers={"Content-Type": content_type, **headers})
     response.content_length = len(body)
+    if lease is not None and not manual:
+        service.settle_later(lease)
     try:
         if not _connected(request)():
             raise ConnectionResetError("client went away")
         await response.prepare(request)
         await response.write(body)
         await response.write_eof()
-    except (ConnectionError, RuntimeError, asyncio.CancelledError):
+    except BaseException:  # not written (client gone, cancelled, anything): the mail goes back now
         await asyncio.shield(service.settle(lease, written=False))
         raise
     if not manual:
-        await service.settle(lease, written=True)
+        # Shielded: a client that closes its connection once it has the answer cancels this handler,
+        # and an interrupted acknowledgement would hand the same mail out again after the lease.
+        await asyncio.shield(service.settle(lease, written=True))
     return response
 
 

@@ -97,11 +97,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     return response
 
 
-def host_allowed(host: str | None) -> bool:
-    """A loopback name with an optional numeric port, nothing else ("127.0.0.1:1@evil", "[::1].evil" fail)."""
+def host_allowed(host: str | None, public: frozenset[str] = frozenset()) -> bool:
+    """A loopback name (or one of `public`, the configured public names) with an optional numeric
+    port, nothing else ("127.0.0.1:1@evil", "[::1].evil" fail)."""
     if not host:
         return False
-    if host.lower() in LOOPBACK_HOSTS:
+    if host.lower() in LOOPBACK_HOSTS or host.lower() in public:
         return True
     if host.startswith("["):
         end = host.find("]") + 1
@@ -110,22 +111,24 @@ def host_allowed(host: str | None) -> bool:
         name, port = (host[: host.index(":")], host[host.index(":") :]) if ":" in host else (host, "")
     if port and not (port[0] == ":" and 1 < len(port) <= 6 and all("0" <= ch <= "9" for ch in port[1:])):
         return False
-    return bool(name) and name.lower() in LOOPBACK_HOSTS
+    return bool(name) and (name.lower() in LOOPBACK_HOSTS or name.lower() in public)
 
 
-def origin_allowed(origin: str) -> bool:
+def origin_allowed(origin: str, public: frozenset[str] = frozenset()) -> bool:
     scheme, sep, rest = origin.partition("://")
-    return bool(sep) and scheme in ("http", "https") and host_allowed(rest.split("/", 1)[0])
+    return bool(sep) and scheme in ("http", "https") and host_allowed(rest.split("/", 1)[0], public)
 
 
 @web.middleware
 async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Browser defences for every route: DNS rebinding (Host), cross-site requests (Origin), and
     simple-request posts (content type), before anything reaches the store."""
-    if not host_allowed(request.headers.get("Host")):
-        raise MisdirectedHost("requests must address 127.0.0.1, localhost or [::1]")
+    public = request.app[CONFIG].public_names
+    if not host_allowed(request.headers.get("Host"), public):
+        names = ", ".join(["127.0.0.1", "localhost", "[::1]", *sorted(public)])
+        raise MisdirectedHost(f"requests must address {names}")
     origin = request.headers.get("Origin")
-    if origin is not None and not origin_allowed(origin):
+    if origin is not None and not origin_allowed(origin, public):
         raise Forbidden(f"cross-origin requests from {origin!r} are not allowed")
     if request.method in ("POST", "PUT", "PATCH", "DELETE"):
         has_body = request.content_length not in (None, 0) or request.headers.get("Transfer-Encoding")
@@ -329,8 +332,8 @@ async def serve(config: Config, ready: Callable[[str], None] | None = None, sock
     app[rest.SERVICE].reporters.append(lambda: {"logRepeatsSuppressed": repeats.suppressed})
     try:
         # Connections accepted by the kernel since listen() waited in the backlog: served from here on.
-        await web.SockSite(runner, sock).start()
-        url = f"http://{'[::1]' if ':' in config.bind else config.bind}:{config.port}"
+        await web.SockSite(runner, sock, ssl_context=listen.ssl_context(config)).start()
+        url = config.url
         url_file = _write_url_file(url)
         if ready is not None:
             ready(url)

@@ -33,7 +33,7 @@ from claude_mailbox.errors import (
 )
 from claude_mailbox.messages import Message
 from claude_mailbox.ratelimit import RateLimiter
-from claude_mailbox.store import Cost, FeedFilter, Lease, Mailbox, Rename, Sent, Store, iso_before
+from claude_mailbox.store import Cost, FeedFilter, Lease, Mailbox, Registration, Rename, Sent, Store, iso_before
 from claude_mailbox.storeapi import MailboxStore, ThreadedStore
 from claude_mailbox.waiters import Waiter, WaiterRegistry, Wake
 
@@ -45,6 +45,7 @@ MAX_WATCH_SECONDS = 3600.0
 DISCONNECT_CHECK_SECONDS = 2.0
 STOP_RECHECK_SECONDS = 60.0  # a Stop waiter re-checks its connection and its Claude Code process this often
 HOST_SILENT_SECONDS = 15.0  # 3 missed heartbeats (pgstore.HEARTBEAT_SECONDS): another host's sessions are unknown
+SETTLE_WAIT_SECONDS = 2.0  # the longest a read waits for an answer being written to be acknowledged
 RESPONSE_MARGIN = 1024  # room in max_response_bytes for an answer's own fields around its messages
 
 
@@ -125,6 +126,9 @@ class MailboxService:
         self._executor = DbThread("mailbox-db")
         self._store: MailboxStore | None = None
         self.host_id = config.host_id or socket.gethostname()
+        # Answers being written that the daemon acknowledges afterwards (ack=auto): mailbox -> lease
+        # id -> set once settled. Reads of that mailbox wait for them (see settle_later).
+        self._settling: dict[str, dict[str, asyncio.Event]] = {}
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -225,6 +229,7 @@ class MailboxService:
         max_response_bytes (`expansion`: how many times the answer repeats or re-escapes the mail).
         Nothing is delivered until `ack`; an expired lease gives it back."""
         identity.validate_name(name)
+        await self._after_settling(name)
         seconds = self.config.lease_seconds
         max_bytes = (self.config.max_response_bytes - RESPONSE_MARGIN) // expansion
         lease = await self.store.lease(
@@ -246,20 +251,44 @@ class MailboxService:
             raise InvalidInput("leaseId must be the lease id a check answered with")
         return await self.store.ack(name, lease_id)
 
+    def settle_later(self, lease: Lease) -> None:
+        """Before writing an answer that carries `lease` and is acknowledged by `settle` once written:
+        until then, reads of the mailbox wait, so the reader's next request (a peek right after its
+        check) never sees that mail as still pending."""
+        if lease.id is not None:
+            self._settling.setdefault(lease.mailbox, {})[lease.id] = asyncio.Event()
+
+    async def _after_settling(self, name: str) -> None:
+        events = list(self._settling.get(name, {}).values())
+        if events:
+            with contextlib.suppress(TimeoutError):  # never hold a read long for a slow write
+                async with asyncio.timeout(SETTLE_WAIT_SECONDS):
+                    for event in events:
+                        await event.wait()
+
     async def settle(self, lease: Lease | None, written: bool) -> None:
         """After an answer carrying `lease`: acknowledge it if it was written, else give its mail back."""
         if lease is None or lease.id is None:
             return
         lease_id = lease.id
-        if written:
-            with contextlib.suppress(LeaseNotFound):  # expired meanwhile: its mail comes again
-                await self.store.ack(lease.mailbox, lease_id)
-            return
-        await self.store.release(lease_id)
-        self.waiters.notify(lease.mailbox, Wake("mail"))
+        try:
+            if written:
+                with contextlib.suppress(LeaseNotFound):  # expired meanwhile: its mail comes again
+                    await self.store.ack(lease.mailbox, lease_id)
+                return
+            await self.store.release(lease_id)
+            self.waiters.notify(lease.mailbox, Wake("mail"))
+        finally:
+            settling = self._settling.get(lease.mailbox, {})
+            event = settling.pop(lease_id, None)
+            if event is not None:
+                event.set()
+            if not settling:
+                self._settling.pop(lease.mailbox, None)
 
     async def peek(self, name: str) -> tuple[int, str | None]:
         identity.validate_name(name)
+        await self._after_settling(name)
         return await self.store.peek(name)
 
     async def list(self, caller: str | None) -> tuple[list[MailboxView], int]:
@@ -374,16 +403,8 @@ class MailboxService:
                 and liveness.is_alive(claude_pid, previous.pid_started)  # the same process, not a reused pid
             ):
                 rename_from = previous.mailbox
-        rename: Rename | None = await self.store.register_session(
-            session_id=session_id,
-            mailbox=mailbox,
-            claude_pid=claude_pid,
-            pid_started=pid_started,
-            cwd=cwd,
-            project_dir=project_dir,
-            source=source,
-            rename_from=rename_from,
-        )
+        registration = Registration(session_id, mailbox, claude_pid, pid_started, cwd, project_dir, source)
+        rename: Rename | None = await self.store.register_session(registration, rename_from)
         if rename is not None:
             self.waiters.notify(rename.old, Wake("renamed", rename.new))
         views, pending = await self.list(mailbox)

@@ -106,7 +106,9 @@ class Mailbox:
 
 
 @dataclass(frozen=True)
-class Session:
+class Registration:
+    """What a SessionStart registers: one value, so every store implementation names it once."""
+
     session_id: str
     mailbox: str
     claude_pid: int | None
@@ -114,6 +116,24 @@ class Session:
     cwd: str | None
     project_dir: str | None
     source: str | None
+
+    def row(self) -> tuple[str, str, int | None, float | None, str | None, str | None, str | None]:
+        """The values in the sessions table's column order."""
+        return (
+            self.session_id,
+            self.mailbox,
+            self.claude_pid,
+            self.pid_started,
+            self.cwd,
+            self.project_dir,
+            self.source,
+        )
+
+
+@dataclass(frozen=True)
+class Session(Registration):
+    """A registered session: what its SessionStart said, and what happened since."""
+
     started_at: str
     ended_at: str | None
     collaborate: bool
@@ -317,10 +337,13 @@ def _read_only(path: Path, otherwise: str) -> StoreUnavailable:
     if not blocked:
         return StoreUnavailable(otherwise)
     files = " ".join(blocked)
+    leftovers = any(name.endswith(("-wal", "-shm")) for name in blocked)
     return StoreUnavailable(
-        f"cannot write the database: {files} {'is' if len(blocked) == 1 else 'are'} not writable by this user "
-        f"(left by a read-only start, or by another user's process?); fix: stop other daemons, then "
-        f"chown $(id -un) {files} && chmod u+w {files}, or remove the -wal/-shm files, and start again"
+        f"cannot write the database {path}: {files} {'is' if len(blocked) == 1 else 'are'} not writable by this "
+        f"user (left by a read-only start, or by another user's process?); fix: stop other daemons, then "
+        f"chown $(id -un) {files} && chmod u+w {files}"
+        + (", or remove the -wal/-shm files" if leftovers else "")
+        + ", and start again"
     )
 
 
@@ -798,21 +821,11 @@ class Store:
         )
         return self._session_from(rows[0]) if rows else None
 
-    def register_session(
-        self,
-        *,
-        session_id: str,
-        mailbox: str,
-        claude_pid: int | None,
-        pid_started: float | None,
-        cwd: str | None,
-        project_dir: str | None,
-        source: str | None,
-        rename_from: str | None = None,
-    ) -> Rename | None:
+    def register_session(self, start: Registration, rename_from: str | None = None) -> Rename | None:
         """Record a session start. With `rename_from` (after /clear), move that mailbox's pending mail
         here and leave the old name as an alias, so nothing sent to either name is lost."""
         at = now_iso()
+        session_id, mailbox = start.session_id, start.mailbox
         with self._write() as db:
             self._touch(db, mailbox, at)
             db.execute(
@@ -825,7 +838,7 @@ class Store:
                     pid_started = excluded.pid_started, cwd = excluded.cwd, project_dir = excluded.project_dir,
                     source = excluded.source, started_at = excluded.started_at, ended_at = NULL, end_reason = NULL
                 """,
-                (session_id, mailbox, claude_pid, pid_started, cwd, project_dir, source, at),
+                (*start.row(), at),
             )
             # A resumed mailbox is live again: it is no longer an alias of anything.
             db.execute("UPDATE mailboxes SET alias_of = NULL WHERE name = ?", (mailbox,))

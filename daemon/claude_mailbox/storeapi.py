@@ -12,7 +12,7 @@ from typing import Protocol
 
 from claude_mailbox.dbthread import DbThread
 from claude_mailbox.messages import Message
-from claude_mailbox.store import Cost, FeedFilter, Lease, Mailbox, Rename, Sent, Session, Store
+from claude_mailbox.store import Cost, FeedFilter, Lease, Mailbox, Registration, Rename, Sent, Session, Store
 
 # Called with (kind, mailbox, detail) when another daemon sharing the database stored mail for a
 # mailbox ("mail") or renamed one ("renamed", detail: the new name): wakes this daemon's waiters.
@@ -62,18 +62,7 @@ class MailboxStore(Protocol):
     async def session(self, session_id: str) -> Session | None: ...
     async def session_for_pid(self, claude_pid: int) -> Session | None: ...
     async def session_for_mailbox(self, mailbox: str) -> Session | None: ...
-    async def register_session(
-        self,
-        *,
-        session_id: str,
-        mailbox: str,
-        claude_pid: int | None,
-        pid_started: float | None,
-        cwd: str | None,
-        project_dir: str | None,
-        source: str | None,
-        rename_from: str | None = None,
-    ) -> Rename | None: ...
+    async def register_session(self, start: Registration, rename_from: str | None = None) -> Rename | None: ...
     async def end_session(self, session_id: str, reason: str | None) -> Session | None: ...
     async def set_collaborate(self, mailbox: str, on: bool) -> bool: ...
     async def feed(
@@ -186,31 +175,8 @@ class ThreadedStore:
     async def session_for_mailbox(self, mailbox: str) -> Session | None:
         return await self._thread.run(lambda: self.sync.session_for_mailbox(mailbox))
 
-    async def register_session(
-        self,
-        *,
-        session_id: str,
-        mailbox: str,
-        claude_pid: int | None,
-        pid_started: float | None,
-        cwd: str | None,
-        project_dir: str | None,
-        source: str | None,
-        rename_from: str | None = None,
-    ) -> Rename | None:
-        store = self.sync
-        return await self._thread.run(
-            lambda: store.register_session(
-                session_id=session_id,
-                mailbox=mailbox,
-                claude_pid=claude_pid,
-                pid_started=pid_started,
-                cwd=cwd,
-                project_dir=project_dir,
-                source=source,
-                rename_from=rename_from,
-            )
-        )
+    async def register_session(self, start: Registration, rename_from: str | None = None) -> Rename | None:
+        return await self._thread.run(lambda: self.sync.register_session(start, rename_from))
 
     async def end_session(self, session_id: str, reason: str | None) -> Session | None:
         return await self._thread.run(lambda: self.sync.end_session(session_id, reason))

@@ -51,6 +51,7 @@ async def check_inbox(service: MailboxService, args: dict[str, Any], caller: Cal
     name = await service.own_inbox(args.get("name"), caller)
     lease = await service.take(name, expansion=MCP_EXPANSION)
     if caller.leases is not None:
+        service.settle_later(lease)
         caller.leases.append(lease)  # acknowledged once the transport has written the result
     else:
         await service.settle(lease, written=True)
