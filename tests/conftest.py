@@ -80,6 +80,7 @@ class InProcessDaemon:
     home: Path
     url: str
     loop: asyncio.AbstractEventLoop
+    database_url: str | None = None  # MAILBOX_TEST_STORE=postgres: this app's PostgreSQL database
 
     @property
     def db_path(self) -> Path:
@@ -134,7 +135,7 @@ def in_process_daemon(home: Path, **settings: Any) -> Iterator[InProcessDaemon]:
     run(test_server.start_server())
     HOMES[test_server.port] = home  # rawhttp sends this app's token
     try:
-        yield InProcessDaemon(home, f"http://127.0.0.1:{test_server.port}", loop)
+        yield InProcessDaemon(home, f"http://127.0.0.1:{test_server.port}", loop, settings.get("database_url"))
     finally:
         run(test_server.close())
         loop.call_soon_threadsafe(loop.stop)
