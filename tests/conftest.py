@@ -13,14 +13,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-if TYPE_CHECKING:
-    from claude_mailbox.client import MailboxClient
-
-from harness import HOMES, REPO, Daemon, base_env, free_port, run_cli, start_daemon, token_of
+from harness import HOMES, REPO, Daemon, Reachable, base_env, free_port, run_cli, start_daemon
 
 __all__ = ["REPO", "Daemon", "base_env", "free_port", "run_cli", "start_daemon"]  # tests import these from here
 
@@ -71,7 +68,7 @@ def fake_claude() -> Iterator[int]:
 
 
 @dataclass
-class InProcessDaemon:
+class InProcessDaemon(Reachable):
     """`server.make_app(config)` served by aiohttp's TestServer (127.0.0.1, free port) on an event loop
     in a background thread. The same `.url`/`.client()`/`.db_path` as a Daemon, so the sync test
     helpers (rawhttp, MailboxClient, the mcp SDK client) work unchanged; it saves the ~2 s start and
@@ -89,21 +86,6 @@ class InProcessDaemon:
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
-
-    @property
-    def token(self) -> str | None:
-        return token_of(self.home)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """The Authorization header a raw HTTP or MCP client must add (like Daemon.headers)."""
-        token = self.token
-        return {"Authorization": f"Bearer {token}"} if token else {}
-
-    def client(self, timeout: float = 10.0) -> MailboxClient:
-        from claude_mailbox.client import MailboxClient
-
-        return MailboxClient(self.url, timeout=timeout, token=self.token or "")
 
     def env(self) -> dict[str, str]:
         return base_env(self.home, CLAUDE_MAILBOX_URL=self.url)

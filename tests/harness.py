@@ -67,8 +67,32 @@ def health_ok(port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+class Reachable:
+    """What a test needs to talk to a daemon, process or in-process: its token, the header that
+    carries it, and a client that sends it. The class provides `home` and `url`."""
+
+    home: Path
+    url: str
+
+    @property
+    def token(self) -> str | None:
+        """The daemon's token (its data dir's token file; None with auth = "none" before any start)."""
+        return token_of(self.home)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a raw HTTP or MCP client must add to reach this daemon: its Authorization header."""
+        token = self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def client(self, timeout: float = 10.0) -> MailboxClient:
+        from claude_mailbox.client import MailboxClient
+
+        return MailboxClient(self.url, timeout=timeout, token=self.token or "")
+
+
 @dataclass(eq=False)  # identity hash: benchmarks key dicts by daemon
-class Daemon:
+class Daemon(Reachable):
     """With `log_path`, stdout and stderr go to that file (a long run cannot fill a pipe and block
     the daemon; `.log()` reads it back for tracebacks). Without, they are pipes the test may read."""
 
@@ -93,22 +117,6 @@ class Daemon:
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
-
-    @property
-    def token(self) -> str | None:
-        """The daemon's token (its data dir's token file; None with auth = "none" before any start)."""
-        return token_of(self.home)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """What a raw HTTP or MCP client must add to reach this daemon: its Authorization header."""
-        token = self.token
-        return {"Authorization": f"Bearer {token}"} if token else {}
-
-    def client(self, timeout: float = 10.0) -> MailboxClient:
-        from claude_mailbox.client import MailboxClient
-
-        return MailboxClient(self.url, timeout=timeout, token=self.token or "")
 
     def env(self) -> dict[str, str]:
         return base_env(self.home, CLAUDE_MAILBOX_URL=self.url, **self.env_extra)
