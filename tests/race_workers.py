@@ -22,12 +22,12 @@ SENDER_CHUNK = 250  # the REST producers switch sender every 250 messages (per-s
 
 def _consume_function(mode: str, target: str) -> Callable[[], list[int]]:
     if mode == "store":
-        from claude_mailbox.store import Store
+        from claude_mailbox.store import LeaseTerms, Store
 
         store = Store(Path(target), busy_timeout_ms=60_000)
 
         def lease_and_ack() -> list[int]:
-            lease = store.lease(INBOX, lease_seconds=60)
+            lease = store.lease(INBOX, LeaseTerms(lease_seconds=60))
             if lease.id is not None:
                 store.ack(INBOX, lease.id)
             return [message.id for message in lease.messages]

@@ -279,6 +279,16 @@ def test_status_shows_the_mode_and_the_token_path(guarded: Daemon) -> None:
     # With a token the daemon refuses, status still answers and says so.
     refused = run_cli("status", env={**guarded.env(), auth.TOKEN_ENV: "0" * 64})
     assert refused.returncode == 0 and "refused: the token sent is not this daemon's" in refused.stdout, refused
+    # Another machine with the token only in $CLAUDE_MAILBOX_TOKEN: status says MCP will not have it
+    # (Claude Code keeps variables named like secrets from the headersHelper), and where to put it.
+    elsewhere = guarded.home.parent / "laptop-home"
+    elsewhere.mkdir(exist_ok=True)
+    laptop = base_env(elsewhere, CLAUDE_MAILBOX_URL=guarded.url, **{auth.TOKEN_ENV: guarded.token or ""})
+    warned = run_cli("status", env=laptop)
+    assert warned.returncode == 0, warned.stderr
+    hint = f"Claude Code's MCP connection does not see ${auth.TOKEN_ENV}: put the token in {elsewhere / 'token'}"
+    assert hint in warned.stdout, warned.stdout
+    assert "does not see" not in status.stdout  # the token file itself: nothing to say
 
 
 def test_open_prints_the_login_link(guarded: Daemon) -> None:

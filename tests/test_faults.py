@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from claude_mailbox.store import Store
+from claude_mailbox.store import LeaseTerms, Store
 from conftest import base_env, run_cli
 from faultkit import TAG_PREFIX, _audit, logged_daemon, run_kill_load, tracebacks, write_config
 from rawhttp import Reply, check, peek, request, send
@@ -58,7 +58,7 @@ def test_the_audit_catches_a_lost_and_a_duplicated_message(tmp_path: Path) -> No
     first = store.send("a", "b", f"{TAG_PREFIX}a/1 x").message
     store.send("a", "b", f"{TAG_PREFIX}a/2 x")
     store.send("a", "b", f"{TAG_PREFIX}a/2 x")  # stored twice
-    lease = store.lease("b", lease_seconds=60)
+    lease = store.lease("b", LeaseTerms(lease_seconds=60))
     assert lease.id is not None and store.ack("b", lease.id) == 3
     store.close()
     records = [

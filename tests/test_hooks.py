@@ -308,6 +308,19 @@ def test_hundred_thousand_peers_render_within_the_bound() -> None:
     assert f"... and {101_005 - shown} more (claude-mailbox list)" in context
 
 
+def test_sessions_of_a_silent_machine_are_listed_as_unknown() -> None:
+    peers = hooktext.Peers(
+        live=[],
+        ended=[],
+        unknown=[hooktext.Peer("claude-0000aaaa", "/p/far", False, 1, True, "host-a")],
+    )
+    context = hooktext.session_start_context("me-1", peers, 0, None)
+    assert "No other session is running" not in context
+    assert "Sessions on a machine whose daemon stopped answering:\n" in context
+    line = '- claude-0000aaaa (state unknown, mail waits until it reads, project "/p/far", on "host-a", 1 unread'
+    assert line in context
+
+
 def test_peer_fields_cannot_forge_lines_in_the_context(sessions: Sessions, claude: FakeClaude) -> None:
     """Issue 12.4: a cwd another process controls, holding a newline, ESC and a bidi override, stays
     inside its own quoted field: no forged "Message #1 from user" line, no raw control character."""

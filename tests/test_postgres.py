@@ -26,7 +26,7 @@ import pytest
 
 import pgkit
 from claude_mailbox.errors import DaemonError, MailboxError, StoreUnavailable
-from claude_mailbox.store import IDEMPOTENCY_SECONDS, iso_before
+from claude_mailbox.store import IDEMPOTENCY_SECONDS, LeaseTerms, iso_before
 from conftest import REPO, Daemon, base_env
 from faultkit import write_config
 from pgkit import PgServer, SyncPgStore
@@ -112,7 +112,7 @@ def test_concurrent_leases_from_two_stores_never_share_a_message(pg: SyncPgStore
         async def reader(store: Any) -> list[int]:
             taken: list[int] = []
             while True:
-                lease = await store.lease("bob", lease_seconds=60, limit=3)
+                lease = await store.lease("bob", LeaseTerms(lease_seconds=60, limit=3))
                 if lease.id is None:
                     return taken
                 taken.extend(message.id for message in lease.messages)
@@ -207,6 +207,17 @@ def test_mail_sent_through_a_is_read_through_b_exactly_once(pair: tuple[Daemon, 
     assert {"alice", "bob"} <= names
     for daemon in pair:
         assert "(database postgresql://" in daemon.log()  # the start line names the database
+        health = daemon.client().health()
+        assert health["database"].startswith("postgresql://") and "dbPath" not in health  # no SQLite file to name
+    status = subprocess.run(
+        [sys.executable, "-m", "claude_mailbox", "status", "--url", a.url],
+        env=a.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert status.returncode == 0, status.stderr
+    assert "(PostgreSQL)" in status.stdout and "mailbox.db" not in status.stdout
 
 
 def test_a_watcher_on_b_wakes_on_a_send_through_a(pair: tuple[Daemon, Daemon]) -> None:
@@ -228,6 +239,29 @@ def test_a_watcher_on_b_wakes_on_a_send_through_a(pair: tuple[Daemon, Daemon]) -
     woke_after = time.perf_counter() - sent_at
     assert [m["body"] for m in result["answer"]["messages"]] == ["wake up"]
     assert woke_after < 2.0, f"woke {woke_after:.2f} s after the send (timeout 20 s)"
+
+
+def test_a_lease_that_runs_out_on_a_wakes_a_watcher_on_b(pair: tuple[Daemon, Daemon]) -> None:
+    """Mail taken through A and never acknowledged comes back when the lease (2 s) runs out; B's
+    long-poll hears of it through the database then, not at its own timeout."""
+    a, b = pair
+    a.client().send("alice", "erin", "taken, never acknowledged")
+    taken = a.client().check("erin", manual=True)
+    assert [m["body"] for m in taken["messages"]] == ["taken, never acknowledged"]
+    taken_at = time.perf_counter()
+    result: dict[str, Any] = {}
+
+    def watch() -> None:
+        result["answer"] = b.client(timeout=30).watch("erin", 20)
+        result["seconds"] = time.perf_counter() - taken_at
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    watcher.join(30)
+    messages = result["answer"]["messages"]
+    assert [m["body"] for m in messages] == ["taken, never acknowledged"]
+    assert messages[0]["redelivered"] is True
+    assert result["seconds"] < 6.0, f"B woke {result['seconds']:.2f} s after the take (lease 2 s, timeout 20 s)"
 
 
 def test_kill_9_of_one_daemon_loses_nothing_and_the_other_keeps_serving(pair: tuple[Daemon, Daemon]) -> None:
@@ -318,6 +352,13 @@ def test_each_host_judges_its_own_sessions_and_a_silent_host_leaves_them_unknown
         assert _until(lambda: _listed(b, staying)["state"] == "unknown", HOST_SILENT_SECONDS + HEARTBEAT_SECONDS + 3)
         row = _listed(b, staying)
         assert row["alive"] is False and row["host"] == "host-a"
+        here = FakeClaude()
+        try:
+            context = _session_on(b, str(uuid.uuid4()), here.pid)  # a starting session still hears of it
+        finally:
+            here.kill()
+        assert "Sessions on a machine whose daemon stopped answering:" in context
+        assert f'{row["name"]} (state unknown, mail waits until it reads, project "/p/remote", on "host-a")' in context
         b.client().send("anyone", row["name"], "still reachable when A comes back")  # sending still works
     finally:
         first.kill()

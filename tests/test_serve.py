@@ -265,7 +265,7 @@ def test_claude_mailbox_home_moves_the_data_dir(tmp_path: Path, spawned: list[su
     spawned.append(process)
     url = f"http://127.0.0.1:{port}"
     health = wait_healthy(url, process)
-    assert Path(str(health["dbPath"])) == home / "mailbox.db"
+    assert Path(str(health["dbPath"])) == Path(str(health["database"])) == home / "mailbox.db"
     assert (home / "mailbox.db").is_file()
     assert (home / "daemon.url").read_text() == url
     assert stop(process)[0] == 0

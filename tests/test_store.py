@@ -21,6 +21,7 @@ from claude_mailbox.store import (
     SCHEMA_VERSION,
     FeedFilter,
     Lease,
+    LeaseTerms,
     Registration,
     Store,
     iso_before,
@@ -69,7 +70,7 @@ def send(store: Store, sender: str, recipient: str, body: str, **options: Any) -
 
 def take(store: Store, name: str, **options: Any) -> Lease:
     """Lease and acknowledge at once: what a reader that got its answer does."""
-    lease = store.lease(name, lease_seconds=60, **options)
+    lease = store.lease(name, LeaseTerms(lease_seconds=60, **options))
     if lease.id is not None:
         assert store.ack(name, lease.id) == len(lease.messages)
     return lease
@@ -193,7 +194,7 @@ def test_a_version_2_database_migrates_in_place(db_path: Path) -> None:
         first = store.message(unread[0].id)
         assert first is not None
         line = len(render_message(first)) + 1
-        hook = store.lease("bob", lease_seconds=60, budget=line, cost="rendered", skip_oversized=True)
+        hook = store.lease("bob", LeaseTerms(lease_seconds=60, budget=line, cost="rendered", skip_oversized=True))
         assert [m.body for m in hook.messages] == ['unread \u00e9\n"quoted"']
         assert hook.remaining == 1 and hook.id is not None
         assert store.ack("bob", hook.id) == 1
@@ -385,8 +386,9 @@ def test_max_bytes_pages_a_big_inbox_and_always_makes_progress(store: Store) -> 
 
 def test_release_puts_mail_back_at_once_and_counts_the_attempt(store: Store) -> None:
     send(store, "alice", "bob", "again")
-    lease = store.lease("bob", lease_seconds=60)
-    assert lease.id is not None and store.lease("bob", lease_seconds=60).messages == []  # held by the live lease
+    lease = store.lease("bob", LeaseTerms(lease_seconds=60))
+    held = store.lease("bob", LeaseTerms(lease_seconds=60)).messages  # what the live lease holds is not handed out
+    assert lease.id is not None and held == []
     store.release(lease.id)
     assert store.peek("bob")[0] == 1
     again = take(store, "bob")
@@ -400,16 +402,16 @@ def test_release_puts_mail_back_at_once_and_counts_the_attempt(store: Store) -> 
 
 def test_an_unacknowledged_lease_expires_and_its_mail_comes_back_in_order(store: Store) -> None:
     sent = [send(store, "alice", "bob", f"m{i}") for i in range(5)]
-    first = store.lease("bob", lease_seconds=0.2, limit=3)
+    first = store.lease("bob", LeaseTerms(lease_seconds=0.2, limit=3))
     assert [m.id for m in first.messages] == [m.id for m in sent[:3]]
     assert all(m.attempts == 1 and "redelivered" not in m.to_json() for m in first.messages)
     assert first.remaining == 2
-    second = store.lease("bob", lease_seconds=60)  # the rest, not what the first lease holds
+    second = store.lease("bob", LeaseTerms(lease_seconds=60))  # the rest, not what the first lease holds
     assert [m.id for m in second.messages] == [m.id for m in sent[3:]]
     assert second.remaining == 0
     assert store.peek("bob")[0] == 5  # leased is not delivered
     time.sleep(0.25)
-    back = store.lease("bob", lease_seconds=60)
+    back = store.lease("bob", LeaseTerms(lease_seconds=60))
     assert [m.id for m in back.messages] == [m.id for m in sent[:3]]  # original order
     assert [(m.attempts, m.to_json()["redelivered"]) for m in back.messages] == [(2, True)] * 3
     assert back.id is not None and second.id is not None and first.id is not None
@@ -424,7 +426,7 @@ def test_an_unacknowledged_lease_expires_and_its_mail_comes_back_in_order(store:
 
 def test_ack_refuses_unknown_foreign_and_repeated_leases(store: Store) -> None:
     send(store, "alice", "bob", "hi")
-    lease = store.lease("bob", lease_seconds=60)
+    lease = store.lease("bob", LeaseTerms(lease_seconds=60))
     assert lease.id is not None
     for name, lease_id in (("bob", "no-such-lease"), ("mallory", lease.id)):
         with pytest.raises(LeaseNotFound):
@@ -432,13 +434,13 @@ def test_ack_refuses_unknown_foreign_and_repeated_leases(store: Store) -> None:
     assert store.ack("bob", lease.id) == 1
     with pytest.raises(LeaseNotFound):
         store.ack("bob", lease.id)
-    assert store.lease("bob", lease_seconds=60) == Lease(None, "bob", None, [], 0, 0)
+    assert store.lease("bob", LeaseTerms(lease_seconds=60)) == Lease(None, "bob", None, [], 0, 0)
 
 
 @sqlite_only
 def test_expire_leases_returns_mail_without_a_new_read(store: Store) -> None:
     send(store, "alice", "bob", "hi")
-    store.lease("bob", lease_seconds=0.05)
+    store.lease("bob", LeaseTerms(lease_seconds=0.05))
     time.sleep(0.1)
     store.expire_leases()
     assert raw_rows(store.path, "SELECT count(*) FROM leases") == [(0,)]
@@ -450,8 +452,8 @@ def test_two_connections_never_hold_the_same_message(db_path: Path) -> None:
     try:
         for i in range(20):
             send(first, "alice", "bob", f"m{i}")
-        a = first.lease("bob", lease_seconds=60, limit=7)
-        b = second.lease("bob", lease_seconds=60)
+        a = first.lease("bob", LeaseTerms(lease_seconds=60, limit=7))
+        b = second.lease("bob", LeaseTerms(lease_seconds=60))
         assert {m.id for m in a.messages}.isdisjoint(m.id for m in b.messages)
         assert len(a.messages) + len(b.messages) == 20
     finally:
@@ -501,7 +503,7 @@ def test_pending_counts_are_kept_through_send_ack_rename_and_prune(store: Store)
     send(store, "old", "alice", "reply")
     assert store.pending_counts() == _counted(store) == {"old": 6, "alice": 1}
     take(store, "old", limit=2)
-    lease = store.lease("old", lease_seconds=60, limit=1)  # leased is still pending
+    lease = store.lease("old", LeaseTerms(lease_seconds=60, limit=1))  # leased is still pending
     assert store.pending_counts() == _counted(store) == {"old": 4, "alice": 1}
     _register(store, "s-new", "new", rename_from="old")
     assert store.pending_counts() == _counted(store) == {"new": 4, "alice": 1}
@@ -555,12 +557,12 @@ def test_a_budgeted_read_of_a_10000_message_inbox_reads_only_what_it_returns(db_
     try:
         fresh.db.execute("PRAGMA cache_size = -200000")
         fresh.db.status(apsw.SQLITE_DBSTATUS_CACHE_MISS, True)
-        lease = fresh.lease("bob", lease_seconds=60, budget=3 * 9505)
+        lease = fresh.lease("bob", LeaseTerms(lease_seconds=60, budget=3 * 9505))
         misses = fresh.db.status(apsw.SQLITE_DBSTATUS_CACHE_MISS, True)[0]
         assert [m.body[:5] for m in lease.messages] == ["00000", "00001", "00002"]
         assert lease.remaining == 9_997
         assert misses < 1_000, misses  # the bodies alone are over 20,000 pages
-        hook = fresh.lease("bob", lease_seconds=60, budget=9_400, cost="rendered", skip_oversized=True)
+        hook = fresh.lease("bob", LeaseTerms(lease_seconds=60, budget=9_400, cost="rendered", skip_oversized=True))
         assert hook.messages == [] and hook.oversized == 9_997  # too big for the hook: counted, not loaded
         assert fresh.db.status(apsw.SQLITE_DBSTATUS_CACHE_MISS, True)[0] < 1_000
     finally:

@@ -34,7 +34,7 @@ def read_token(data_dir: str | None = None) -> str | None:
         from claude_mailbox.locate import data_dir as located
 
         data_dir = located()
-    return _read_file(token_path(data_dir))
+    return read_token_file(token_path(data_dir))
 
 
 def auth_header(data_dir: str | None = None) -> dict[str, str]:
@@ -48,7 +48,8 @@ def _well_formed(token: str) -> bool:
     return bool(token) and token.isascii() and token.isalnum()
 
 
-def _read_file(path: str) -> str | None:
+def read_token_file(path: str) -> str | None:
+    """The token in a token file (None when missing or malformed), whatever the environment says."""
     try:
         with open(path, "rb") as handle:  # binary: no codec machinery on the hook's path
             token = handle.read(1024).strip().decode("ascii")
@@ -81,13 +82,13 @@ def _ensure_token(data_dir: str) -> str:
         os.chmod(data_dir, 0o700)
     path = token_path(data_dir)
     for _ in range(3):
-        existing = _read_file(path)
+        existing = read_token_file(path)
         if existing is not None:
             if os.name == "posix":
                 os.chmod(path, 0o600)
             return existing
         if os.path.lexists(path):
-            if _read_file(path) is not None:
+            if read_token_file(path) is not None:
                 continue  # another daemon linked its token between the two looks: use that one
             # Replacing a damaged file could race another daemon's fresh token: say so instead.
             from claude_mailbox.errors import ConfigError

@@ -136,7 +136,8 @@ async def _prompt_submit(service: MailboxService, hook: HookInput, caller: Calle
 
 def _peers(views: list[MailboxView], me: str) -> hooktext.Peers:
     """Mailboxes seen in the last hour, for a starting session: running sessions, sessions that
-    ended (mail waits for their resume), and the count of recipients no session runs."""
+    ended (mail waits for their resume), the count of recipients no session runs, and sessions on
+    another machine whose daemon is silent."""
     cutoff = iso_before(PEER_WINDOW_SECONDS)
     recent = [v for v in views if v.mailbox.name != me and v.mailbox.last_seen >= cutoff]
 
@@ -150,4 +151,5 @@ def _peers(views: list[MailboxView], me: str) -> hooktext.Peers:
         live=[peer(v) for v in recent if v.state == "alive"],
         ended=[peer(v) for v in recent if v.state == "ended"],
         unlisted=sum(v.state == "client" for v in recent),
+        unknown=[peer(v) for v in recent if v.state == "unknown"],
     )

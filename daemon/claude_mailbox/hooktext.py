@@ -8,7 +8,7 @@ pass itself off as another message or another sender.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from claude_mailbox import textsafe
 from claude_mailbox.messages import Message
@@ -39,12 +39,14 @@ def context_output(event: str, context: str) -> str:
 @dataclass(frozen=True)
 class Peers:
     """Whom a starting session can write to: sessions running now, sessions that ended within the
-    hour (their mail waits for a resume), and how many other recent mailboxes are not listed
-    (recipients that no session runs: `claude-mailbox list` shows them)."""
+    hour (their mail waits for a resume), how many other recent mailboxes are not listed
+    (recipients that no session runs: `claude-mailbox list` shows them), and sessions on another
+    machine whose daemon went silent (running or not: nobody can tell)."""
 
     live: list[Peer]
     ended: list[Peer]
     unlisted: int = 0
+    unknown: list[Peer] = field(default_factory=list)
 
 
 def session_start_context(
@@ -71,7 +73,7 @@ def session_start_context(
         )
     else:
         tail.append("Peers' mail arrives with each prompt.")
-    if not peers.live and not peers.ended:
+    if not peers.live and not peers.ended and not peers.unknown:
         head.append("No other session is running, and none ended in the last hour.")
     room = SESSION_START_BOUND - sum(len(line) + 1 for line in head + tail) - len(_more_line(10**9)) - 1
     body, left = _peer_sections(peers, room)
@@ -91,6 +93,7 @@ def _peer_sections(peers: Peers, room: int) -> tuple[list[str], int]:
     for title, group, state in (
         ("Other sessions running now:", peers.live, "running"),
         ("Sessions that ended in the last hour:", peers.ended, "ended"),
+        ("Sessions on a machine whose daemon stopped answering:", peers.unknown, "unknown"),
     ):
         for index, peer in enumerate(group):
             if left > peers.unlisted:  # full: count the rest, list none of it
@@ -109,7 +112,7 @@ def _peer_sections(peers: Peers, room: int) -> tuple[list[str], int]:
 def _peer_line(peer: Peer, state: str) -> str:
     """One peer. The project path is free text from another process: JSON-quoted, unsafe characters
     escaped, so it cannot start a line of its own."""
-    facts = [state] if state == "running" else ["ended, mail waits for its resume"]
+    facts = [_STATE_FACTS[state]]
     if peer.project_dir:
         facts.append(f"project {textsafe.quote(peer.project_dir[:PATH_SHOWN])}")
     if peer.host:
@@ -117,6 +120,13 @@ def _peer_line(peer: Peer, state: str) -> str:
     if peer.pending:
         facts.append(f"{peer.pending} unread in its inbox")
     return f"- {textsafe.clean(peer.name)} ({', '.join(facts)})"
+
+
+_STATE_FACTS = {
+    "running": "running",
+    "ended": "ended, mail waits for its resume",
+    "unknown": "state unknown, mail waits until it reads",
+}
 
 
 def _more_line(count: int) -> str:

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -39,7 +38,6 @@ OVER_CAP_FLOOD_GRACE_SECONDS = 0.02
 HEALTH_REQUESTS = (b"GET /health ", b"GET /health?", b"HEAD /health ")
 # Routes that can send mail: they spend from the per-peer bucket and the global ceiling.
 SENDING_ROUTES = frozenset({"/v1/send", "/mcp"})
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def open_file_limit() -> int | None:
@@ -110,8 +108,7 @@ class Limits:
 LIMITS = web.AppKey("limits", Limits)
 
 
-@web.middleware
-async def rate_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def spend_rate(request: web.Request) -> None:
     """Requests that can send mail spend from their peer's bucket and the global one: sender names
     are claims, rotating them must not lift the limit (issue 12.5)."""
     if request.method == "POST" and request.path in SENDING_ROUTES:
@@ -122,7 +119,6 @@ async def rate_middleware(request: web.Request, handler: Handler) -> web.StreamR
         except MailboxError:
             limits.refused["rate"] += 1
             raise
-    return await handler(request)
 
 
 # --- aiohttp's protocol errors in the one error shape ------------------------------------------------

@@ -41,9 +41,9 @@ from claude_mailbox.messages import Message
 from claude_mailbox.store import (
     _COST_SQL,
     IDEMPOTENCY_SECONDS,
-    Cost,
     FeedFilter,
     Lease,
+    LeaseTerms,
     Mailbox,
     Registration,
     Rename,
@@ -216,6 +216,7 @@ class PgStore:
         self.url = url
         self.host = host
         self.description = redact_url(url)
+        self.shared = True
         self._pool = pool
         self._origin = origin  # this daemon's application_name: its own notifications are skipped
         self._listener: asyncio.Task[None] | None = None
@@ -478,23 +479,14 @@ class PgStore:
 
     # --- delivery: lease, then acknowledge ------------------------------------------------------
 
-    async def lease(
-        self,
-        name: str,
-        *,
-        lease_seconds: float,
-        budget: int | None = None,
-        cost: Cost = "chars",
-        limit: int | None = None,
-        skip_oversized: bool = False,
-        max_bytes: int | None = None,
-    ) -> Lease:
+    async def lease(self, name: str, terms: LeaseTerms) -> Lease:
         """As store.Store.lease, in two statements: the reader's counts (all an empty inbox costs), then
         one that chooses, leases and returns the mail. The oldest free messages (at most MAX_LEASED) are
         locked with SKIP LOCKED (mail another daemon is taking right now is left to it); running sums
         over them pick the prefix that fits the budget, the limit and max_bytes."""
+        budget, limit, max_bytes, skip_oversized = terms.budget, terms.limit, terms.max_bytes, terms.skip_oversized
         at = now_iso()
-        cost_sql = _COSTS[cost]
+        cost_sql = _COSTS[terms.cost]
         async with self._tx(transaction=False) as conn:
             # Touch the reader, drop its expired leases, read its pending count and what live leases hold.
             pending, leased = await conn.fetchrow(
@@ -514,7 +506,7 @@ class PgStore:
                 " AND (m.lease_expires IS NULL OR m.lease_expires <= $2)"
             )
             lease_id = secrets.token_urlsafe(18)
-            expires_at = iso_after(lease_seconds)
+            expires_at = iso_after(terms.lease_seconds)
             rows = await conn.fetch(
                 f"""
                 WITH candidates AS (
@@ -588,10 +580,13 @@ class PgStore:
                 await self._notify(conn, "mail", mailbox)
 
     async def expire_leases(self) -> None:
+        """Give back the mail of every expired lease, and tell every daemon's waiters it is back."""
         at = now_iso()
         async with self._tx() as conn:
             await self._return(conn, "lease_id IN (SELECT id FROM leases WHERE expires_at <= $1)", at)
-            await conn.execute("DELETE FROM leases WHERE expires_at <= $1", at)
+            expired = await conn.fetch("DELETE FROM leases WHERE expires_at <= $1 RETURNING mailbox", at)
+            for mailbox in sorted({row[0] for row in expired}):
+                await self._notify(conn, "mail", mailbox)
 
     @staticmethod
     async def _return(conn: Any, condition: str, *bindings: Any) -> None:

@@ -264,7 +264,8 @@ class FeedResponse(TypedDict):
 class Health(TypedDict):
     status: Literal["ok"]
     version: str
-    dbPath: str
+    database: Annotated[str, Json("Where the mail is: the SQLite file, or the PostgreSQL URL without password.")]
+    dbPath: NotRequired[Annotated[str, Json("The SQLite file (absent when the mail is in PostgreSQL).")]]
     port: NotRequired[int]
     waiters: NotRequired[Annotated[int, Json("Open long-polls.")]]
     auth: NotRequired[Annotated[Literal["token", "none"], Json("token: every other route needs Authorization: Bearer")]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import importlib
 import logging
 import signal
@@ -36,7 +37,7 @@ from claude_mailbox.errors import (
     UnsupportedMediaType,
 )
 from claude_mailbox.integrity import IntegrityMonitor
-from claude_mailbox.limits import LIMITS, DaemonRunner, Limits, open_file_limit, rate_middleware
+from claude_mailbox.limits import LIMITS, DaemonRunner, Limits, open_file_limit, spend_rate
 from claude_mailbox.service import MailboxService
 
 CONFIG = web.AppKey("config", Config)
@@ -69,11 +70,24 @@ _HTTP_ERRORS: dict[int, type[MailboxError]] = {404: NotFound, 405: MethodNotAllo
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def front_door(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request passes here once, in this order: the browser guards (Host, Origin, content
+    type), the body read within the client timeout, the token, the rate limits, then the route.
+    Any error leaves in the one JSON shape. One middleware, so the order of the checks is read in
+    one place (and a request pays one layer, not four)."""
     try:
-        response = await handler(request)
+        guard(request)
+        if request.body_exists and not await _read_body(request, request.app[CONFIG].client_timeout_seconds):
+            response = error_response(RequestTimeout("the request body did not arrive in time"))
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()  # no lingering read of the rest of a trickled body
+            return response
+        authenticate(request)
+        spend_rate(request)
+        return await handler(request)
     except MailboxError as exc:
-        response = error_response(exc)
+        return error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -88,15 +102,15 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(error)
         if "Allow" in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
             response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except ConnectionError:
         raise  # the client went away: nobody to answer
     except Exception:
         log.exception("internal error handling %s %s", request.method, request.path)
-        response = error_response(InternalError("internal error in the daemon; its log has the details"))
-    response.headers[VERSION_HEADER] = __version__
-    return response
+        return error_response(InternalError("internal error in the daemon; its log has the details"))
 
 
+@functools.lru_cache(maxsize=64)  # a daemon sees a handful of Host values; parsing one per request adds up
 def host_allowed(host: str | None, public: frozenset[str] = frozenset()) -> bool:
     """A loopback name (or one of `public`, the configured public names) with an optional numeric
     port, nothing else ("127.0.0.1:1@evil", "[::1].evil" fail)."""
@@ -119,8 +133,7 @@ def origin_allowed(origin: str, public: frozenset[str] = frozenset()) -> bool:
     return bool(sep) and scheme in ("http", "https") and host_allowed(rest.split("/", 1)[0], public)
 
 
-@web.middleware
-async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def guard(request: web.Request) -> None:
     """Browser defences for every route: DNS rebinding (Host), cross-site requests (Origin), and
     simple-request posts (content type), before anything reaches the store."""
     public = request.app[CONFIG].public_names
@@ -134,14 +147,6 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
         has_body = request.content_length not in (None, 0) or request.headers.get("Transfer-Encoding")
         if (has_body or request.headers.get("Content-Type")) and request.content_type != "application/json":
             raise UnsupportedMediaType("POST bodies must be JSON (Content-Type: application/json)")
-    if request.body_exists and not await _read_body(request, request.app[CONFIG].client_timeout_seconds):
-        response = error_response(RequestTimeout("the request body did not arrive in time"))
-        response.headers[VERSION_HEADER] = __version__
-        await response.prepare(request)
-        await response.write_eof()
-        request.protocol.force_close()  # no lingering read of the rest of a trickled body
-        return response
-    return await handler(request)
 
 
 def _public(request: web.Request) -> bool:
@@ -152,8 +157,7 @@ def _public(request: web.Request) -> bool:
     return request.path in ("/health", "/") or request.path.startswith("/static/")
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def authenticate(request: web.Request) -> None:
     """Every other route needs `Authorization: Bearer <token>` (issue 12.1): a loopback port has no
     file permissions, the token file has. Unknown paths answer 401 too, so nothing is learnt
     without the token."""
@@ -166,7 +170,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if "Authorization" in request.headers:
             raise Unauthorized(f"the token sent is not this daemon's: {how}")
         raise Unauthorized(f'this daemon requires its token: {how}, or set auth = "none" in config.toml')
-    return await handler(request)
 
 
 async def _read_body(request: web.Request, seconds: float) -> bool:
@@ -198,8 +201,8 @@ async def mcp_not_allowed(request: web.Request) -> web.Response:
 
 
 async def _version_header(request: web.Request, response: web.StreamResponse) -> None:
-    """Every response names the daemon's version, also the streamed ones (hooks, watch) whose
-    headers go out before errors_middleware sees them: the SessionStart version sync reads it."""
+    """Every response names the daemon's version, the streamed ones (hooks, watch) included: the
+    SessionStart version sync reads it."""
     response.headers[VERSION_HEADER] = __version__
 
 
@@ -207,7 +210,7 @@ def make_app(config: Config, data_dir: Path | None = None) -> web.Application:
     """`data_dir`: where the token lives (default: the data dir); created there at the first start."""
     app = web.Application(
         # The rate limit counts only requests that have the token (the connection cap is in limits.py).
-        middlewares=[errors_middleware, guard_middleware, auth_middleware, rate_middleware],
+        middlewares=[front_door],
         client_max_size=config.max_request_bytes,
     )
     service = MailboxService(config)

@@ -24,6 +24,7 @@ from claude_mailbox.errors import (
     IdentityRequired,
     InvalidInput,
     LeaseNotFound,
+    MailboxError,
     NotFound,
     PayloadTooLarge,
     ShuttingDown,
@@ -33,7 +34,18 @@ from claude_mailbox.errors import (
 )
 from claude_mailbox.messages import Message
 from claude_mailbox.ratelimit import RateLimiter
-from claude_mailbox.store import Cost, FeedFilter, Lease, Mailbox, Registration, Rename, Sent, Store, iso_before
+from claude_mailbox.store import (
+    Cost,
+    FeedFilter,
+    Lease,
+    LeaseTerms,
+    Mailbox,
+    Registration,
+    Rename,
+    Sent,
+    Store,
+    iso_before,
+)
 from claude_mailbox.storeapi import MailboxStore, ThreadedStore
 from claude_mailbox.waiters import Waiter, WaiterRegistry, Wake
 
@@ -129,6 +141,7 @@ class MailboxService:
         # Answers being written that the daemon acknowledges afterwards (ack=auto): mailbox -> lease
         # id -> set once settled. Reads of that mailbox wait for them (see settle_later).
         self._settling: dict[str, dict[str, asyncio.Event]] = {}
+        self._background: set[asyncio.Task[None]] = set()  # kept referenced until done
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -163,6 +176,9 @@ class MailboxService:
 
     async def close(self) -> None:
         self.waiters.shutdown()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._store is not None:
             store = self._store
             self._store = None
@@ -232,18 +248,24 @@ class MailboxService:
         await self._after_settling(name)
         seconds = self.config.lease_seconds
         max_bytes = (self.config.max_response_bytes - RESPONSE_MARGIN) // expansion
-        lease = await self.store.lease(
-            name,
-            lease_seconds=seconds,
-            budget=budget,
-            cost=cost,
-            skip_oversized=skip_oversized,
-            max_bytes=max_bytes,
-        )
+        terms = LeaseTerms(seconds, budget, cost, skip_oversized=skip_oversized, max_bytes=max_bytes)
+        lease = await self.store.lease(name, terms)
         if lease.id is not None:
             # If it is never acknowledged, its mail comes back: wake whoever waits for it then.
-            asyncio.get_running_loop().call_later(seconds + 0.05, self.waiters.notify, name, Wake("mail"))
+            asyncio.get_running_loop().call_later(seconds + 0.05, self._lease_ran_out, name)
         return lease
+
+    def _lease_ran_out(self, name: str) -> None:
+        self.waiters.notify(name, Wake("mail"))
+        # Waiters on other daemons sharing the database learn it from there, once the mail is given back.
+        if self._store is not None and self._store.shared:
+            task = asyncio.get_running_loop().create_task(self._expire_shared_leases())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _expire_shared_leases(self) -> None:
+        with contextlib.suppress(MailboxError):  # database away: the mail still comes back on the next read
+            await self.store.expire_leases()
 
     async def ack(self, name: str, lease_id: object) -> int:
         identity.validate_name(name)
@@ -529,8 +551,10 @@ class MailboxService:
             raise IdentityMismatch(f"X-Mailbox {header_name!r} may not read the inbox of {name!r}")
 
     def info(self) -> dict[str, Any]:
+        on_file = {} if self.config.database_url else {"dbPath": str(self.config.database)}
         return {
-            "dbPath": str(self.config.database),
+            "database": self.config.database_label,  # the file, or the PostgreSQL URL without its password
+            **on_file,
             "port": self.config.port,
             "waiters": self.waiters.total(),
             "auth": self.config.auth,  # "token" or "none": status and doctor show it

@@ -106,6 +106,24 @@ class Mailbox:
 
 
 @dataclass(frozen=True)
+class LeaseTerms:
+    """What a read asks of a store's `lease`: one value, so every store implementation names it once.
+
+    With a `budget`, messages are taken in order while their summed `cost` fits; the rest stay for
+    the next read. A first message that alone exceeds the budget is left too (for a reader without
+    that limit). With `skip_oversized`, messages that can never fit are stepped over and counted in
+    `oversized`. `limit` caps the count. `max_bytes` bounds the JSON answer (the first message is
+    always taken, so paging makes progress)."""
+
+    lease_seconds: float
+    budget: int | None = None
+    cost: Cost = "chars"
+    limit: int | None = None
+    skip_oversized: bool = False
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class Registration:
     """What a SessionStart registers: one value, so every store implementation names it once."""
 
@@ -578,25 +596,11 @@ class Store:
 
     # --- delivery: lease, then acknowledge ------------------------------------------------------
 
-    def lease(
-        self,
-        name: str,
-        *,
-        lease_seconds: float,
-        budget: int | None = None,
-        cost: Cost = "chars",
-        limit: int | None = None,
-        skip_oversized: bool = False,
-        max_bytes: int | None = None,
-    ) -> Lease:
-        """Hand out pending mail not under a live lease, oldest first, under a new lease.
-
-        With a `budget`, messages are taken in order while their summed `cost` fits; the rest stay
-        for the next read. A first message that alone exceeds the budget is left too (for a reader
-        without that limit). With `skip_oversized`, messages that can never fit are stepped over and
-        counted in `oversized`. `max_bytes` bounds the JSON answer (the first message is always taken,
-        so paging makes progress). Only the chosen messages' bodies are read.
-        """
+    def lease(self, name: str, terms: LeaseTerms) -> Lease:
+        """Hand out pending mail not under a live lease, oldest first, under a new lease of
+        `terms.lease_seconds`, within `terms` (LeaseTerms). Only the chosen messages' bodies are read."""
+        budget, cost, limit, max_bytes = terms.budget, terms.cost, terms.limit, terms.max_bytes
+        skip_oversized = terms.skip_oversized
         at = now_iso()
         with self._write() as db:
             self._touch(db, name, at)
@@ -631,7 +635,7 @@ class Store:
             if not chosen:
                 return Lease(None, name, None, [], max(0, remaining), oversized)
             lease_id = secrets.token_urlsafe(18)
-            expires_at = iso_after(lease_seconds)
+            expires_at = iso_after(terms.lease_seconds)
             db.execute(
                 "INSERT INTO leases (id, mailbox, expires_at, created_at, count) VALUES (?, ?, ?, ?, ?)",
                 (lease_id, name, expires_at, at, len(chosen)),

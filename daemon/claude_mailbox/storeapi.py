@@ -12,7 +12,7 @@ from typing import Protocol
 
 from claude_mailbox.dbthread import DbThread
 from claude_mailbox.messages import Message
-from claude_mailbox.store import Cost, FeedFilter, Lease, Mailbox, Registration, Rename, Sent, Session, Store
+from claude_mailbox.store import FeedFilter, Lease, LeaseTerms, Mailbox, Registration, Rename, Sent, Session, Store
 
 # Called with (kind, mailbox, detail) when another daemon sharing the database stored mail for a
 # mailbox ("mail") or renamed one ("renamed", detail: the new name): wakes this daemon's waiters.
@@ -23,6 +23,7 @@ class MailboxStore(Protocol):
     """Every operation the service needs, async. Errors are MailboxErrors (errors.py)."""
 
     description: str  # where the mail is, for `info` and the start-up line
+    shared: bool  # other daemons use the same database (their waiters hear of changes through it)
 
     async def close(self) -> None: ...
     async def schema_version(self) -> int: ...
@@ -38,17 +39,7 @@ class MailboxStore(Protocol):
         max_pending: int | None = None,
         idempotency_key: str | None = None,
     ) -> Sent: ...
-    async def lease(
-        self,
-        name: str,
-        *,
-        lease_seconds: float,
-        budget: int | None = None,
-        cost: Cost = "chars",
-        limit: int | None = None,
-        skip_oversized: bool = False,
-        max_bytes: int | None = None,
-    ) -> Lease: ...
+    async def lease(self, name: str, terms: LeaseTerms) -> Lease: ...
     async def ack(self, name: str, lease_id: str) -> int: ...
     async def release(self, lease_id: str) -> None: ...
     async def expire_leases(self) -> None: ...
@@ -77,6 +68,7 @@ class ThreadedStore:
         self._thread = thread
         self.sync = store
         self.description = str(store.path)
+        self.shared = False  # one daemon owns the file
 
     @classmethod
     async def open(cls, thread: DbThread, factory: Callable[[], Store]) -> ThreadedStore:
@@ -112,29 +104,8 @@ class ThreadedStore:
             group=store.group,  # sends waiting together share one commit (dbthread.py)
         )
 
-    async def lease(
-        self,
-        name: str,
-        *,
-        lease_seconds: float,
-        budget: int | None = None,
-        cost: Cost = "chars",
-        limit: int | None = None,
-        skip_oversized: bool = False,
-        max_bytes: int | None = None,
-    ) -> Lease:
-        store = self.sync
-        return await self._thread.run(
-            lambda: store.lease(
-                name,
-                lease_seconds=lease_seconds,
-                budget=budget,
-                cost=cost,
-                limit=limit,
-                skip_oversized=skip_oversized,
-                max_bytes=max_bytes,
-            )
-        )
+    async def lease(self, name: str, terms: LeaseTerms) -> Lease:
+        return await self._thread.run(lambda: self.sync.lease(name, terms))
 
     async def ack(self, name: str, lease_id: str) -> int:
         return await self._thread.run(lambda: self.sync.ack(name, lease_id))

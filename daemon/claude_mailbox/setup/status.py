@@ -67,7 +67,12 @@ def auth_info(health: dict[str, Any] | None) -> dict[str, Any]:
             mode = "token"
     path = auth.token_path(locate.data_dir())
     source = "$" + auth.TOKEN_ENV if os.environ.get(auth.TOKEN_ENV, "").strip() else path
-    return {"mode": mode, "tokenPath": path, "tokenSource": source, "tokenFound": auth.read_token() is not None}
+    info = {"mode": mode, "tokenPath": path, "tokenSource": source, "tokenFound": auth.read_token() is not None}
+    if source != path and auth.read_token() != auth.read_token_file(path):
+        # Claude Code withholds variables named like secrets from the MCP headersHelper, which then
+        # reads only the file: the hooks would work and the session would have no mailbox tools.
+        info["mcpWarning"] = f"Claude Code's MCP connection does not see ${auth.TOKEN_ENV}: put the token in {path}"
+    return info
 
 
 def auth_line(info: dict[str, Any]) -> str:
@@ -78,6 +83,8 @@ def auth_line(info: dict[str, Any]) -> str:
     line += f", sent from {info['tokenSource']})" if info["tokenSource"] != info["tokenPath"] else ")"
     if info.get("error"):
         line += f"; refused: {info['error']}"
+    elif info.get("mcpWarning"):
+        line += f"; {info['mcpWarning']}"
     elif not info["tokenFound"]:
         line += "; no token file yet (the daemon writes it at its first start)"
     return line
@@ -97,7 +104,10 @@ def render(data: dict[str, Any], now: datetime | None = None) -> str:
     autostart = data["autostart"]
     how = autostart.get("mechanism") or ("not registered" if autostart["state"] == "NotInstalled" else "")
     database = data["database"]
-    size = _size(database["bytes"]) if database.get("bytes") is not None else "not created yet"
+    if database.get("server"):
+        size = "PostgreSQL"
+    else:
+        size = _size(database["bytes"]) if database.get("bytes") is not None else "not created yet"
     rows = [
         ("daemon", daemon),
         ("plugin", f"{plugin}" + (f"  {data['pluginRoot']}" if data.get("pluginRoot") else "")),
@@ -167,6 +177,8 @@ def _port(url: str) -> int | None:
 
 
 def _database(health: dict[str, Any] | None) -> dict[str, Any]:
+    if health and "database" in health and "dbPath" not in health:  # PostgreSQL: no file to measure
+        return {"path": health["database"], "bytes": None, "server": True}
     path: str | None = health.get("dbPath") if health else None
     if path is None:
         try:
