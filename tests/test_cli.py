@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+import pgkit
 from claude_mailbox import identity
+from claude_mailbox.config import redact_url
 from conftest import Daemon, base_env, free_port, run_cli
 from plugin_env import hook_env, run_hook, start_input
 
@@ -51,7 +53,8 @@ def test_send_peek_check_list_status(daemon: Daemon) -> None:
     status = run_cli("status", env=env)
     assert status.returncode == 0
     assert "Running" in status.stdout and daemon.url in status.stdout
-    assert str(daemon.db_path) in status.stdout
+    database = pgkit.daemon_database(daemon)  # MAILBOX_TEST_STORE=postgres: the server, not a file
+    assert (f"{redact_url(database)}  (PostgreSQL)" if database else str(daemon.db_path)) in status.stdout
 
     check = run_cli("check", "--name", "bob", env=env)
     assert check.returncode == 0

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+import pgkit
 from claude_mailbox import __version__
+from claude_mailbox.config import redact_url
 from conftest import Daemon, InProcessDaemon, start_daemon
 from rawhttp import Reply, check, peek, request, send
 
@@ -72,11 +74,15 @@ def test_health_shape(app_module_server: InProcessDaemon) -> None:
     assert reply.status == 200
     assert reply.content_type == "application/json"
     data = reply.json
-    assert {"status", "version", "dbPath"} <= set(data)
+    assert {"status", "version", "database"} <= set(data)
     assert data["status"] == "ok"
     assert data["version"] == __version__
-    assert Path(data["dbPath"]) == server.db_path
-    assert server.db_path.is_file() or os.environ.get("MAILBOX_TEST_STORE") == "postgres"  # PostgreSQL: no file
+    database = pgkit.daemon_database(server)
+    if database:  # MAILBOX_TEST_STORE=postgres: the server's URL without its password, and no file named
+        assert data["database"] == redact_url(database) and "dbPath" not in data
+    else:
+        assert Path(data["dbPath"]) == Path(data["database"]) == server.db_path
+        assert server.db_path.is_file()
     assert reply.headers.get("X-Mailbox-Daemon-Version") == __version__
 
 
