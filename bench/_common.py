@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,6 +97,26 @@ class Daemon(harness.Daemon):
         if config is not None:
             write_config(home, config)
         super().__init__(home, free_port(), tuple(args), log_path=home / "bench-daemon.log")
+
+
+def run_loadgen(
+    port: int, token: str | None, clients: int, seconds: float, warmup: float, recipient: str = ""
+) -> dict[str, Any]:
+    """bench/_loadgen.py in a process of its own against 127.0.0.1:`port`: its JSON result (rate,
+    latencies, errors, its own CPU seconds). `recipient`: every send to that one inbox."""
+    out = subprocess.run(
+        [
+            *(PYTHON, str(REPO / "bench" / "_loadgen.py"), "--port", str(port), "--clients", str(clients)),
+            *("--seconds", str(seconds), "--warmup", str(warmup)),
+            *(("--recipient", recipient) if recipient else ()),
+        ],
+        env=clean_env(CLAUDE_MAILBOX_TOKEN=token or ""),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
 
 
 # --- a keep-alive HTTP client (the benchmark's side, never the product's) -----------------------

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from _common import (
     ms,
     parse_args,
     percentile,
+    run_loadgen,
     table,
     temp_dir,
     verdict,
@@ -55,28 +55,10 @@ def _machine_busy() -> tuple[float, float]:
     return total - times.idle - getattr(times, "iowait", 0.0), total
 
 
-def run_loadgen(daemon: Daemon, clients: int, seconds: float, warmup: float) -> dict[str, Any]:
+def measured_loadgen(daemon: Daemon, clients: int, seconds: float, warmup: float) -> dict[str, Any]:
     cpu_before = daemon.cpu_seconds()
     busy_before, total_before = _machine_busy()
-    out = subprocess.run(
-        [
-            PYTHON,
-            str(REPO / "bench" / "_loadgen.py"),
-            "--port",
-            str(daemon.port),
-            "--clients",
-            str(clients),
-            "--seconds",
-            str(seconds),
-            "--warmup",
-            str(warmup),
-        ],
-        env=clean_env(CLAUDE_MAILBOX_TOKEN=daemon.token or ""),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    result = json.loads(out.stdout)
+    result = run_loadgen(daemon.port, daemon.token, clients, seconds, warmup)
     result["daemon_cpu"] = daemon.cpu_seconds() - cpu_before
     busy_after, total_after = _machine_busy()
     # CPU that neither the daemon nor the load generator used: other tenants of this shared machine.
@@ -92,7 +74,7 @@ def bench_throughput(daemon: Daemon, quick: bool) -> dict[int, float]:
     rates: dict[int, float] = {}
     rows = []
     for clients in (1, 16):
-        results = [run_loadgen(daemon, clients, seconds, warmup) for _ in range(rounds)]
+        results = [measured_loadgen(daemon, clients, seconds, warmup) for _ in range(rounds)]
         per_round = [r["rate"] for r in results]
         latencies = [x for r in results for x in r["latencies"]]
         rate = statistics.median(per_round)

@@ -41,6 +41,7 @@ from _common import (
     latency_rows,
     parse_args,
     percentile,
+    run_loadgen,
     table,
     temp_dir,
     verdict,
@@ -118,17 +119,7 @@ def loadgen(server: Daemon | Floor, seconds: float, warmup: float) -> float:
     otherwise bench/_loadgen.py (Python asyncio, about a third of a core at these rates)."""
     if shutil.which("wrk"):
         return _wrk(server, seconds, warmup)
-    out = subprocess.run(
-        [
-            *(PYTHON, str(REPO / "bench" / "_loadgen.py"), "--port", str(server.port), "--clients", "16"),
-            *("--seconds", str(seconds), "--warmup", str(warmup), "--recipient", HOT),
-        ],
-        env=clean_env(CLAUDE_MAILBOX_TOKEN=server.token or ""),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    result = json.loads(out.stdout)
+    result = run_loadgen(server.port, server.token, 16, seconds, warmup, HOT)
     if result["errors"]:
         raise RuntimeError(f"load generator saw errors: {result['errors']}")
     return float(result["rate"])

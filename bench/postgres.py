@@ -18,7 +18,6 @@ load generator needs no token.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -26,43 +25,18 @@ from typing import Any
 
 from _common import (
     BENCH_CONFIG,
-    PYTHON,
-    REPO,
     Daemon,
     KeepAlive,
     banner,
-    clean_env,
     ms,
     parse_args,
     percentile,
+    run_loadgen,
     table,
     temp_dir,
 )
 
 CONFIG = {**BENCH_CONFIG, "auth": "none"}
-
-
-def loadgen(daemon: Daemon, clients: int, seconds: float) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            PYTHON,
-            str(REPO / "bench" / "_loadgen.py"),
-            "--port",
-            str(daemon.port),
-            "--clients",
-            str(clients),
-            "--seconds",
-            str(seconds),
-            "--warmup",
-            "1",
-        ],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
 
 
 def consume_latency(daemon: Daemon, trials: int) -> list[float]:
@@ -113,7 +87,7 @@ def wakeups(sender: Daemon, watcher: Daemon, trials: int) -> list[float]:
 
 def measure(label: str, a: Daemon, b: Daemon, args: Any) -> list[str]:
     seconds, trials = (2.0, 30) if args.quick else (5.0, 100)
-    load = loadgen(a, 16, seconds)
+    load = run_loadgen(a.port, a.token, 16, seconds, 1.0)
     consume = consume_latency(a, trials)
     wake = wakeups(a, b, trials)
     return [

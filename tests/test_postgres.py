@@ -9,7 +9,6 @@ hook suites run against PostgreSQL with MAILBOX_TEST_STORE=postgres (scripts/che
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -17,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,10 +25,11 @@ import pytest
 import pgkit
 from claude_mailbox.errors import DaemonError, MailboxError, StoreUnavailable
 from claude_mailbox.store import IDEMPOTENCY_SECONDS, LeaseTerms, iso_before
-from conftest import REPO, Daemon, base_env
+from conftest import Daemon
 from faultkit import write_config
 from pgkit import PgServer, SyncPgStore
 from race_workers import INBOX
+from racekit import PRODUCERS, check_exactly_once, run_race
 
 # --- the store alone ---------------------------------------------------------------------------
 
@@ -370,67 +369,15 @@ def test_each_host_judges_its_own_sessions_and_a_silent_host_leaves_them_unknown
 
 # --- 8 consumer processes over both daemons --------------------------------------------------------
 
-CONSUMERS = 8
-PRODUCERS = 2
 PER_PRODUCER = 400
-
-
-def _spawn(home: Path, *args: str) -> subprocess.Popen[bytes]:
-    env = base_env(home)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "daemon"), str(REPO / "tests")])
-    return subprocess.Popen(
-        [sys.executable, "-m", "race_workers", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-
-
-def _finish(processes: list[subprocess.Popen[bytes]], deadline: float) -> None:
-    for process in processes:
-        try:
-            _, err = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for other in processes:
-                other.kill()
-            pytest.fail("a race worker did not finish in time")
-        assert process.returncode == 0, err.decode(errors="replace")
 
 
 @pytest.mark.slow
 def test_eight_consumers_over_both_daemons_lose_nothing_and_duplicate_nothing(
     pair: tuple[Daemon, Daemon], tmp_path: Path, pg_url: str
 ) -> None:
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    deadline = time.monotonic() + 150
-    daemons = list(pair)
-    consumers = [
-        _spawn(daemons[i % 2].home, "consumer", "rest", daemons[i % 2].url, str(workdir), str(i))
-        for i in range(CONSUMERS)
-    ]
-    try:
-        while len(list(workdir.glob("ready-consumer-*"))) < CONSUMERS:
-            assert all(process.poll() is None for process in consumers), "a consumer exited early"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        producers = [
-            _spawn(daemons[i % 2].home, "producer", "rest", daemons[i % 2].url, str(workdir), str(i), str(PER_PRODUCER))
-            for i in range(PRODUCERS)
-        ]
-        _finish(producers, deadline)
-        (workdir / "producers-done").touch()
-        _finish(consumers, deadline)
-    finally:
-        for process in consumers:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    sent = [i for n in range(PRODUCERS) for i in json.loads((workdir / f"producer-{n}.json").read_text())["ids"]]
-    received = [json.loads((workdir / f"consumer-{n}.json").read_text())["ids"] for n in range(CONSUMERS)]
-    flat = [message_id for ids in received for message_id in ids]
-    assert len(sent) == len(set(sent)) == PRODUCERS * PER_PRODUCER
-    duplicates = [message_id for message_id, count in Counter(flat).items() if count > 1]
-    assert not duplicates, f"delivered twice: {duplicates[:20]}"
-    assert set(flat) == set(sent), f"lost: {sorted(set(sent) - set(flat))[:20]}"
-    assert sum(1 for ids in received if ids) >= 2
+    result = run_race([(daemon.home, daemon.url) for daemon in pair], "rest", tmp_path / "work", PER_PRODUCER)
+    sent = check_exactly_once(result, PRODUCERS * PER_PRODUCER)
     store = SyncPgStore(pg_url)
     try:
         mine = [m for m in store.all_messages() if m.recipient == INBOX]

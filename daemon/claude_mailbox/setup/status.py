@@ -67,8 +67,9 @@ def auth_info(health: dict[str, Any] | None) -> dict[str, Any]:
             mode = "token"
     path = auth.token_path(locate.data_dir())
     source = "$" + auth.TOKEN_ENV if os.environ.get(auth.TOKEN_ENV, "").strip() else path
-    info = {"mode": mode, "tokenPath": path, "tokenSource": source, "tokenFound": auth.read_token() is not None}
-    if source != path and auth.read_token() != auth.read_token_file(path):
+    token = auth.read_token()
+    info = {"mode": mode, "tokenPath": path, "tokenSource": source, "tokenFound": token is not None}
+    if source != path and token != auth.read_token_file(path):
         # Claude Code withholds variables named like secrets from the MCP headersHelper, which then
         # reads only the file: the hooks would work and the session would have no mailbox tools.
         info["mcpWarning"] = f"Claude Code's MCP connection does not see ${auth.TOKEN_ENV}: put the token in {path}"
