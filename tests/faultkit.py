@@ -12,7 +12,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import tracebacks
+from harness import sqlite_rows, tracebacks
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -262,12 +261,8 @@ def _audit(workdir: Path, db_path: Path, names: list[str], drained: list[dict[st
     received += drained
     result.acked, result.unknown, result.rejected, result.received = len(acked), len(unknown), len(rejected), 0
 
-    connection = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        integrity = connection.execute("PRAGMA integrity_check").fetchall()
-        rows = connection.execute("SELECT id, sender, recipient, body, delivered_at FROM messages").fetchall()
-    finally:
-        connection.close()
+    integrity = sqlite_rows(db_path, "PRAGMA integrity_check")
+    rows = sqlite_rows(db_path, "SELECT id, sender, recipient, body, delivered_at FROM messages")
     if integrity != [("ok",)]:
         result.problems.append(f"integrity_check: {integrity[:3]}")
     by_tag: dict[str, list[tuple[Any, ...]]] = {}

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from claude_mailbox.client import MailboxClient
@@ -236,6 +236,21 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def sqlite_rows(db_path: Path | str, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """Rows of one statement on a read-only connection to a daemon's SQLite file, through APSW: the
+    daemon's own copy of SQLite. Never the stdlib's `sqlite3` (a second copy) while an in-process
+    daemon has the file open: POSIX locks are per process, so closing that copy's connection drops
+    the daemon's locks, and the next open takes itself for the first and truncates the WAL index
+    the daemon has mapped (SIGBUS in the daemon thread, seen in CI)."""
+    import apsw
+
+    connection = apsw.Connection(str(db_path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return [tuple(row) for row in connection.execute(sql, args)]
+    finally:
+        connection.close()
 
 
 def tracebacks(log: str) -> list[str]:

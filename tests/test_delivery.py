@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pgkit
 from claude_mailbox.store import Store, now_iso
 from conftest import REPO, Daemon, InProcessDaemon, base_env, in_process_daemon, start_daemon
 from faultkit import write_config
+from harness import sqlite_rows
 from rawhttp import request, send
 
 LEASE_SECONDS = 2
@@ -80,11 +80,7 @@ def lease_count(daemon: Daemon) -> int:
     url = pgkit.daemon_database(daemon)
     if url is not None:  # MAILBOX_TEST_STORE=postgres
         return int(pgkit.query(url, "SELECT count(*) FROM leases")[0][0])
-    connection = sqlite3.connect(f"file:{daemon.db_path}?mode=ro", uri=True)
-    try:
-        return int(connection.execute("SELECT count(*) FROM leases").fetchone()[0])
-    finally:
-        connection.close()
+    return int(sqlite_rows(daemon.db_path, "SELECT count(*) FROM leases")[0][0])
 
 
 def hang_up_after(daemon: Daemon, raw: bytes) -> None:
@@ -376,11 +372,7 @@ def test_cli_send_sends_an_idempotency_key(short: Daemon) -> None:
     if url is not None:  # MAILBOX_TEST_STORE=postgres
         assert pgkit.query(url, "SELECT sender, length(key) FROM idempotency") == [("alice", 32)]
         return
-    connection = sqlite3.connect(f"file:{short.db_path}?mode=ro", uri=True)
-    try:
-        assert connection.execute("SELECT sender, length(key) FROM idempotency").fetchall() == [("alice", 32)]
-    finally:
-        connection.close()
+    assert sqlite_rows(short.db_path, "SELECT sender, length(key) FROM idempotency") == [("alice", 32)]
 
 
 # --- a big inbox ---------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 import attacks
 from conftest import Daemon, run_cli
 from faultkit import tracebacks, write_config
+from harness import sqlite_rows
 from hostilekit import corpus, fuzz, judge_mcp, judge_rest, mcp_requests, rest_requests, send_hostile
 from rawhttp import Reply, check, peek, request, send
 
@@ -241,16 +241,12 @@ EVIL = "http://evil.example"
 
 def _store_rows(server: Any) -> tuple[int, int, int, int]:
     """(messages, pending, mailboxes, sessions) straight from the database file."""
-    connection = sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True)
-    try:
-        return (
-            connection.execute("SELECT count(*) FROM messages").fetchone()[0],
-            connection.execute("SELECT count(*) FROM messages WHERE delivered_at IS NULL").fetchone()[0],
-            connection.execute("SELECT count(*) FROM mailboxes").fetchone()[0],
-            connection.execute("SELECT count(*) FROM sessions").fetchone()[0],
-        )
-    finally:
-        connection.close()
+    ((messages, pending, mailboxes, sessions),) = sqlite_rows(
+        server.db_path,
+        "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM messages WHERE delivered_at IS NULL),"
+        " (SELECT count(*) FROM mailboxes), (SELECT count(*) FROM sessions)",
+    )
+    return messages, pending, mailboxes, sessions
 
 
 @pytest.fixture

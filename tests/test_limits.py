@@ -16,6 +16,7 @@ import pytest
 
 from conftest import base_env, run_cli
 from faultkit import logged_daemon, tracebacks, write_config
+from harness import sqlite_rows
 from rawhttp import check, peek, request, send
 
 RATE = 30  # a minute's burst; refills one token every 2 s
@@ -134,11 +135,7 @@ def test_pending_cap_refuses_clearly_until_the_recipient_reads(limited: Any) -> 
 
 
 def _rows(db: Path) -> list[tuple[int, str, str | None]]:
-    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return connection.execute("SELECT id, body, delivered_at FROM messages ORDER BY id").fetchall()
-    finally:
-        connection.close()
+    return sqlite_rows(db, "SELECT id, body, delivered_at FROM messages ORDER BY id")
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import copy
 import json
 import re
 import socket
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import claude_mailbox.server as server_module
 import pgkit
 from claude_mailbox.mcp_http import McpEndpoint
 from conftest import InProcessDaemon, in_process_daemon
+from harness import sqlite_rows
 from hostilekit import Hostile, fuzz, mcp_requests, nasty_text, send_hostile
 from rawhttp import Reply, request, send
 
@@ -314,11 +314,7 @@ def lease_count(app: App) -> int:
     url = pgkit.daemon_database(app.daemon)
     if url is not None:  # MAILBOX_TEST_STORE=postgres
         return int(pgkit.query(url, "SELECT count(*) FROM leases")[0][0])
-    connection = sqlite3.connect(f"file:{app.daemon.db_path}?mode=ro", uri=True)
-    try:
-        return int(connection.execute("SELECT count(*) FROM leases").fetchone()[0])
-    finally:
-        connection.close()
+    return int(sqlite_rows(app.daemon.db_path, "SELECT count(*) FROM leases")[0][0])
 
 
 def check_inbox(app: App, era: str, name: str) -> list[str]:

@@ -6,7 +6,6 @@ POST /v1/forget. In-process app (no daemon process) except where the CLI runs.""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from claude_mailbox import hookapi, openapi, schemas, server, tools
 from claude_mailbox.config import Config
 from claude_mailbox.setup import doctor
 from conftest import InProcessDaemon, base_env, free_port, run_cli
+from harness import sqlite_rows
 from rawhttp import request
 
 
@@ -179,8 +179,7 @@ def test_cli_prune_goes_through_the_daemon(app: InProcessDaemon) -> None:
     result = run_cli("prune", "--delivered-older-than", "0d", "--json", env=app.env())
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"deleted": 1, "dryRun": False}
-    rows = sqlite3.connect(f"file:{app.db_path}?mode=ro", uri=True).execute("SELECT count(*) FROM messages").fetchone()
-    assert rows == (0,)
+    assert sqlite_rows(app.db_path, "SELECT count(*) FROM messages") == [(0,)]
 
 
 def test_cli_prune_with_the_daemon_down_says_so_and_exits_2(mailbox_home: Path) -> None:
