@@ -84,8 +84,14 @@ def lease_count(daemon: Daemon) -> int:
 
 
 def hang_up_after(daemon: Daemon, raw: bytes) -> None:
-    """Send one request and close the connection at once, without reading the answer."""
+    """Send one request and close the connection at once, without reading the answer.
+
+    Corked, so the request leaves with the FIN: the daemon sees the hang-up before it can answer.
+    Uncorked, the in-process daemon could answer between sendall() and close() (sendall gives it
+    the GIL), and an answer the kernel accepted counts as written: that is a reader that hung up
+    after its answer, not before (a CI run lost the mail that way)."""
     with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         sock.sendall(raw)
 
 
