@@ -22,7 +22,7 @@ import pytest
 from claude_mailbox import config, httpclient, identity, server
 from claude_mailbox.errors import ConfigError
 from harness import Daemon, base_env, free_port, run_cli
-from plugin_env import hook_env, prompt_input, run_hook
+from plugin_env import hook_env, prompt_input, run_hook, start_input
 
 PUBLIC = "mailbox.test"  # the certificate's and the config's public name (resolved by nobody: Host only)
 
@@ -239,6 +239,27 @@ def test_a_hook_delivers_over_https(tls_daemon: Daemon, cert: tuple[Path, Path],
     run = run_hook("prompt-submit", prompt_input(session), env)
     assert run.returncode == 0, run.stderr
     assert "via https hook" in run.context
+
+
+def test_an_untrusted_daemon_is_named_at_session_start_and_never_started_again(
+    tls_daemon: Daemon, tmp_path: Path
+) -> None:
+    """A daemon answers at the https URL, but its certificate does not verify here: the session is told
+    why and what to set, and no local daemon is started in its place (it would find the port taken)."""
+    laptop = tmp_path / "laptop"
+    laptop.mkdir()
+    session = str(uuid.uuid4())
+    env = hook_env(base_env(laptop), url=f"https://localhost:{tls_daemon.port}", claude_pid=os.getpid())
+    env["CLAUDE_MAILBOX_TOKEN"] = tls_daemon.token or ""
+    started = run_hook("session-start", start_input(session, str(tmp_path)), env)
+    assert started.returncode == 0, started.stderr
+    line = started.stdout
+    assert line.count("\n") == 1 and line.startswith("claude-mailbox: mail is offline in this session"), line
+    assert "TLS: certificate verify failed: self-signed certificate" in line
+    assert "CLAUDE_MAILBOX_CA" in line and "not running" not in line
+    assert sorted(p.name for p in laptop.iterdir()) == []  # no start.lock, daemon.pid, log or venv
+    prompt = run_hook("prompt-submit", prompt_input(session), env)
+    assert prompt.returncode == 0 and prompt.stdout == "", prompt
 
 
 # --- the pure checks ----------------------------------------------------------------------------

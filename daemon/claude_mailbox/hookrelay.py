@@ -15,7 +15,7 @@ import sys
 
 from claude_mailbox import __version__, auth
 from claude_mailbox.errors import DaemonUnreachable
-from claude_mailbox.httpclient import ConnectionRefused, http_request
+from claude_mailbox.httpclient import ConnectionRefused, TlsFailed, http_request
 from claude_mailbox.locate import daemon_url
 
 MAX_STDIN = 1024 * 1024
@@ -138,9 +138,11 @@ def run(event: str, data: bytes, *, url: str | None = None, mailbox: str | None 
         return _stop(data, located)
     try:
         code, stream, text, version = relay(event, data, located, TIMEOUTS.get(event, 5.0), mailbox)
-    except DaemonUnreachable:
+    except DaemonUnreachable as exc:
         if event != "session-start":
             return 0, "stdout", ""  # never slow a prompt down for a daemon that is not there
+        if isinstance(exc, TlsFailed):  # a daemon runs there, untrusted: starting one would not help
+            return 0, "stdout", f"claude-mailbox: mail is offline in this session, so it has no mailbox tools: {exc}"
         return _session_start_slow(data, url, mailbox)
     if event == "session-start" and not version:  # something answered, but not a mailbox daemon
         return 0, "stdout", _foreign_holder(located, answered=True) or ""

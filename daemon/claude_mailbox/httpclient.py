@@ -30,6 +30,11 @@ class TimedOut(DaemonUnreachable):
     """Something accepted the connection (or the network dropped it) but no answer came in time."""
 
 
+class TlsFailed(DaemonUnreachable):
+    """Something listens there, but the TLS handshake failed (most often a certificate that does not
+    verify): a daemon is running, so none must be started, and the fix is trust, not a start."""
+
+
 def _header_safe(text: str) -> bool:
     """No CR, LF or other control character: a header line must not be able to start another."""
     return text.isprintable() or all(ch == "\t" or ch.isprintable() for ch in text)
@@ -114,7 +119,7 @@ def http_request(
             sock.settimeout(timeout)
             sock.connect((endpoint.host, endpoint.port))
             if endpoint.tls:
-                sock = _tls().wrap_socket(sock, server_hostname=server_name)  # type: ignore[arg-type]
+                sock = _handshake(sock, server_name, url)
             sock.sendall(request)
             raw = _read_all(sock)
         finally:
@@ -126,6 +131,15 @@ def http_request(
     except OSError as exc:  # reset, no route, response too large, a certificate that does not verify
         raise DaemonUnreachable(f"the mailbox daemon at {url} is not answering ({_reason(exc)})") from None
     return _parse_response(raw, url)
+
+
+def _handshake(sock: _socket.socket, server_name: str, url: str) -> ssl.SSLSocket:
+    import ssl
+
+    try:
+        return _tls().wrap_socket(sock, server_hostname=server_name)  # type: ignore[arg-type]
+    except ssl.SSLError as exc:  # not a timeout or a reset: the peer spoke, and TLS said no
+        raise TlsFailed(f"refusing the mailbox daemon at {url}: {_reason(exc)}") from None
 
 
 def _tls() -> ssl.SSLContext:
