@@ -225,6 +225,10 @@ def test_an_unverified_certificate_is_refused_in_one_line(tls_daemon: Daemon, tm
     assert done.returncode != 0 and done.stderr.count("\n") == 1, done.stderr
     assert "TLS: certificate verify failed: self-signed certificate" in done.stderr
     assert "CLAUDE_MAILBOX_CA" in done.stderr
+    status = run_cli("status", "--json", env=remote_env(tls_daemon, tmp_path / "laptop"))
+    assert status.returncode == 2, status.stderr
+    shown = json.loads(status.stdout)
+    assert shown["state"] == "Untrusted" and "certificate verify failed" in shown["error"], shown
 
 
 def test_a_hook_delivers_over_https(tls_daemon: Daemon, cert: tuple[Path, Path], tmp_path: Path) -> None:

@@ -14,15 +14,16 @@ from typing import Any
 from claude_mailbox import __version__, auth, locate, paths, portholder
 from claude_mailbox.client import MailboxClient, probe_health
 from claude_mailbox.errors import DaemonError, DaemonUnreachable, MailboxError
-from claude_mailbox.httpclient import Endpoint
+from claude_mailbox.httpclient import Endpoint, TlsFailed
 
 # What .mcp.json's url says: Claude Code expands it from its own environment only.
 MCP_DEFAULT_URL = locate.DEFAULT_URL
 
 
 def gather(flag: str | None = None, session_id: str | None = None) -> dict[str, Any]:
-    """Everything `status` shows. Top-level `state` is Running or Stopped (the daemon answers or
-    not); `autostart.state` is Running / Stopped / NotInstalled. `flag`: the --url flag."""
+    """Everything `status` shows. Top-level `state` is Running, Stopped (nothing answers) or Untrusted
+    (an https daemon answers, but its certificate does not verify here); `autostart.state` is
+    Running / Stopped / NotInstalled. `flag`: the --url flag."""
     url, source = locate.resolve(flag)
     client = MailboxClient(url, timeout=2.0)
     data: dict[str, Any] = {"state": "Stopped", "url": client.url, "urlSource": source}
@@ -31,10 +32,12 @@ def gather(flag: str | None = None, session_id: str | None = None) -> dict[str, 
     except DaemonUnreachable as exc:
         health = None
         data["error"] = exc.message
+        if isinstance(exc, TlsFailed):
+            data["state"] = "Untrusted"
     if health is not None:
         data.update(health)
         data["state"] = "Running"
-    else:
+    elif data["state"] == "Stopped":
         data["portHolder"] = portholder.describe(client.url)
     data["mcpNote"] = mcp_note(client.url, source)
     data.setdefault("port", _port(client.url))
@@ -98,6 +101,8 @@ def render(data: dict[str, Any], now: datetime | None = None) -> str:
         daemon = f"Running  {version} at {data['url']}"
         if plugin and version != plugin:
             daemon += f"  (plugin is {plugin}: the next session start updates it)"
+    elif data["state"] == "Untrusted":
+        daemon = f"Untrusted  {data['error']}"
     elif data.get("portHolder"):
         daemon = f"Stopped  {data['portHolder']}"
     else:
