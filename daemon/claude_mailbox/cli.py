@@ -403,6 +403,48 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_import_sqlite(args: argparse.Namespace) -> int:
+    """Copy this machine's SQLite mailbox into PostgreSQL, once (setup/importer.py): the move to
+    several machines. Reads the config as `serve` does; the daemon on that file must be stopped."""
+    from claude_mailbox import config
+    from claude_mailbox.errors import ConfigError
+    from claude_mailbox.setup import importer
+
+    loaded = config.load()
+    settings = config.with_overrides(loaded, database_url=args.database_url)
+    if not settings.database_url:
+        raise ConfigError(
+            "no PostgreSQL database to import into: pass --database-url postgresql://user@host:port/dbname "
+            "or set database_url in config.toml"
+        )
+    source = Path(args.source).expanduser() if args.source else settings.database
+    result = importer.run(source, settings.database_url, host=settings.host_id, daemon_url=locate.daemon_url(args.url))
+    configured = loaded.database_url is not None and args.database_url in (None, loaded.database_url)
+    next_step = (
+        "start the daemon (config.toml names this database)"
+        if configured
+        else "set database_url in config.toml and start the daemon"
+    )
+    if result.recovered:
+        text = (
+            f"{source} had been copied into {result.database} at {result.imported_at} by a run that stopped "
+            f"before noting it; noted now, nothing copied twice; {next_step}"
+        )
+    else:
+        text = (
+            f"imported {counted(result.mailboxes, 'mailbox', 'mailboxes')} "
+            f"({counted(result.sessions, 'session')}), {result.pending} pending and "
+            f"{counted(result.delivered, 'delivered message')}, {counted(result.keys, 'idempotency key')} "
+            f"from {source} into {result.database}; {next_step}"
+        )
+    emit(args, result.to_json(), text)
+    return EXIT_OK
+
+
+def counted(number: int, singular: str, plural: str | None = None) -> str:
+    return f"{number} {singular if number == 1 else plural or singular + 's'}"
+
+
 MAX_AGE_DAYS = 36_500
 
 
@@ -592,6 +634,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--delivered-older-than", required=True, metavar="AGE", help="e.g. 30d, 12h")
     prune.add_argument("--dry-run", action="store_true", help="count only")
+
+    importing = verb(
+        "import-sqlite",
+        cmd_import_sqlite,
+        "copy this machine's SQLite mailbox (mailboxes, sessions, pending and delivered mail, idempotency "
+        "keys) into PostgreSQL in one transaction, once, when moving to several machines; stop the daemon first",
+        exits=SETUP_EXITS + " Refuses a second run and a daemon still running on the file.",
+    )
+    importing.add_argument(
+        "--database-url", help="postgresql://user@host:port/dbname (default: database_url in config.toml)"
+    )
+    importing.add_argument(
+        "--from",
+        dest="source",
+        metavar="PATH",
+        help="the SQLite file (default: db_path in config.toml, else mailbox.db in the data dir)",
+    )
     return parser
 
 

@@ -200,6 +200,21 @@ _MIGRATIONS: list[str] = [
             VALUES (p_sender, v_target, p_body, p_at, p_chars, p_quoted) RETURNING messages.id, v_target, 0;
     END $$;
     """,
+    # 2: `claude-mailbox import-sqlite` (setup/importer.py) records each copy of a SQLite mailbox here, in
+    # the same transaction as the copy: a run interrupted after the commit finds its row and copies nothing twice.
+    """
+    CREATE TABLE sqlite_imports (
+        import_id TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        host TEXT NOT NULL,
+        imported_at TEXT NOT NULL,
+        mailboxes INTEGER NOT NULL DEFAULT 0,
+        sessions INTEGER NOT NULL DEFAULT 0,
+        pending INTEGER NOT NULL DEFAULT 0,
+        delivered INTEGER NOT NULL DEFAULT 0,
+        keys INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -289,6 +304,11 @@ class PgStore:
                 f"lost the connection to PostgreSQL at {self.description} ({exc.__class__.__name__}); "
                 "nothing was saved by this request; the daemon reconnects on the next one"
             ) from None
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """One pooled connection inside one transaction, failures as MailboxErrors: for set-up code
+        that writes many tables at once (setup/importer.py)."""
+        return self._tx()
 
     async def _migrate(self) -> None:
         async with self._tx() as conn:
