@@ -9,6 +9,7 @@ writes to the real ~/.config, ~/Library or ~/.claude-mailbox.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import plistlib
 import shlex
@@ -31,6 +32,7 @@ from claude_mailbox.errors import MailboxError
 from claude_mailbox.setup import autostart, detached, units
 from claude_mailbox.setup.autostart import InstallResult, Mechanism, State
 from conftest import REPO, free_port
+from harness import base_env, run_cli, start_daemon
 
 PYTHON = Path(sys.executable)
 TASK_NS = "{http://schemas.microsoft.com/windows/2004/02/mit/task}"
@@ -372,6 +374,49 @@ def test_start_detached_and_stop_a_real_daemon(port: int, mailbox_home: Path) ->
     assert not psutil.pid_exists(pid)  # stopped and reaped
     assert not paths.pid_file().exists()
     assert autostart.state(_url(port)) is State.NOT_INSTALLED
+
+
+def test_the_cli_starts_and_stops_the_daemon_of_its_data_dir(port: int, mailbox_home: Path) -> None:
+    env = base_env(mailbox_home, CLAUDE_MAILBOX_URL=_url(port))
+    started = run_cli("start", env=env, timeout=60)
+    assert started.returncode == 0 and started.stdout.strip() == f"started the daemon at {_url(port)}", started
+    pid = detached.pid_file_daemon()
+    assert pid is not None and _answers(port)
+    again = run_cli("start", "--json", env=env)
+    assert again.returncode == 0 and json.loads(again.stdout) == {"url": _url(port), "started": False}
+
+    stopped = run_cli("stop", env=env, timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.startswith(f"stopped the daemon at {_url(port)}; the next Claude Code session")
+    assert not _answers(port) and _exited(pid) and not paths.pid_file().exists()
+    nothing = run_cli("stop", env=env)
+    assert nothing.returncode == 0 and nothing.stdout.startswith(f"no daemon runs at {_url(port)}"), nothing
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie: the `start` process that spawned it has exited, and who reaps it depends on
+    the machine's init."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_stop_leaves_a_daemon_started_by_hand_running(mailbox_home: Path, tmp_path: Path) -> None:
+    by_hand = start_daemon(tmp_path / "elsewhere")
+    try:
+        refused = run_cli("stop", env=base_env(mailbox_home, CLAUDE_MAILBOX_URL=by_hand.url), timeout=60)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused
+        assert "was not started by this data dir's autostart" in refused.stderr
+        assert _answers(by_hand.port)
+    finally:
+        by_hand.stop()
+
+
+def test_start_leaves_a_remote_daemon_to_its_machine(mailbox_home: Path) -> None:
+    refused = run_cli("start", env=base_env(mailbox_home, CLAUDE_MAILBOX_URL="http://192.0.2.1:4999"), timeout=60)
+    assert refused.returncode == 1 and "runs on another machine: start it there" in refused.stderr, refused
+    assert not paths.pid_file().exists() and not paths.log_file().exists()
 
 
 def test_ensure_running_starts_the_real_daemon_on_the_urls_port(port: int, mailbox_home: Path) -> None:

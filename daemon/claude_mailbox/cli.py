@@ -227,6 +227,53 @@ def cmd_uninstall_autostart(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+START_WAIT_SECONDS = 15.0  # a first start on a slow machine imports aiohttp and mcp (about 2 s here)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    """Start the daemon at the resolved address, as a session start would: through the service
+    manager when autostart is registered, else as a detached process."""
+    from claude_mailbox.client import probe_health
+    from claude_mailbox.httpclient import Endpoint
+    from claude_mailbox.setup import autostart
+
+    url = locate.daemon_url(args.url)
+    if probe_health(url, timeout=2.0) is not None:
+        emit(args, {"url": url, "started": False}, f"the daemon at {url} is already running")
+        return EXIT_OK
+    if not Endpoint.parse(url).is_loopback:
+        raise MailboxError(f"the daemon at {url} runs on another machine: start it there")
+    if not autostart.ensure_running(url, autostart.default_python(), wait=START_WAIT_SECONDS):
+        raise DaemonUnreachable(f"the daemon at {url} did not start; see its log {paths.log_file()}")
+    emit(args, {"url": url, "started": True}, f"started the daemon at {url}")
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop the daemon this data dir started (service manager or detached process). One started by
+    hand (`claude-mailbox serve`) is not ours to stop: it is named, and left running."""
+    from claude_mailbox.client import probe_health
+    from claude_mailbox.setup import autostart
+
+    url = locate.daemon_url(args.url)
+    was_running = probe_health(url, timeout=2.0) is not None
+    registered = autostart.installed_mechanism()
+    autostart.stop()
+    if probe_health(url, timeout=2.0) is not None:
+        raise MailboxError(
+            f"the daemon at {url} was not started by this data dir's autostart (`claude-mailbox serve` by hand, "
+            "or another data dir): stop it where it runs"
+        )
+    again = (
+        f"; {registered.value} starts it again at login, and so does the next Claude Code session"
+        if registered
+        else "; the next Claude Code session starts it again"
+    )
+    text = (f"stopped the daemon at {url}" if was_running else f"no daemon runs at {url}") + again
+    emit(args, {"url": url, "stopped": was_running}, text)
+    return EXIT_OK
+
+
 def cmd_update(args: argparse.Namespace) -> int:
     """The version sync on demand (after `claude plugin update`): see lifecycle.update."""
     from claude_mailbox.setup import lifecycle
@@ -623,6 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
         "process where none is usable) and start it now",
         exits=SETUP_EXITS,
     )
+    verb("start", cmd_start, "start the daemon now, as a session start would", exits=VERB_EXITS)
+    verb("stop", cmd_stop, "stop the daemon until something starts it again (not one run by hand)", exits=SETUP_EXITS)
     uninstall = verb("uninstall-autostart", cmd_uninstall_autostart, "stop the daemon, remove its autostart entry")
     uninstall.add_argument("--purge", action="store_true", help="also delete the data dir (mail, config, token)")
     uninstall.epilog = SETUP_EXITS

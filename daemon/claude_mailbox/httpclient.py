@@ -71,6 +71,12 @@ class Endpoint:
         return cls(host, port, scheme == "https")
 
     @property
+    def is_loopback(self) -> bool:
+        """The daemon is on this machine (a session start may start it here)."""
+        host = self.host.lower()
+        return host in ("localhost", "::1") or host.startswith("127.")
+
+    @property
     def host_header(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"

@@ -401,7 +401,7 @@ def ensure_running(url: str | None = None, python: Path | None = None, wait: flo
     url = locate.daemon_url(url)
     if _healthy(url):
         return True
-    if not _on_this_machine(url):  # a remote daemon (issue 13) is started on its own machine, not here
+    if not Endpoint.parse(url).is_loopback:  # a remote daemon (issue 13) is started on its own machine, not here
         return False
     deadline = time.monotonic() + wait
     with fsutil.file_lock(paths.start_lock_file()) as held:
@@ -414,11 +414,6 @@ def ensure_running(url: str | None = None, python: Path | None = None, wait: flo
                 return False
         # The holder polls while still holding the lock, so no one starts a second daemon meanwhile.
         return _wait_healthy(url, deadline)
-
-
-def _on_this_machine(url: str) -> bool:
-    host = Endpoint.parse(url).host.lower()
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _start(url: str, python: Path) -> None:

@@ -51,7 +51,7 @@ MARKER_TABLE = "pg_import"
 BATCH_ROWS = 5000  # rows per PostgreSQL command
 BUSY_TIMEOUT_MS = 5000  # a starting daemon holds the write lock briefly (its migration)
 STOP_HINT = (
-    "stop it first (end its `claude-mailbox serve`, or `claude-mailbox uninstall-autostart` when autostart runs it), "
+    "stop it first (`claude-mailbox stop`, or end the `claude-mailbox serve` run by hand), "
     "then run import-sqlite again: mail it stored after the copy would not reach PostgreSQL"
 )
 
