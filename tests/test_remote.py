@@ -266,6 +266,57 @@ def test_an_untrusted_daemon_is_named_at_session_start_and_never_started_again(
     assert prompt.returncode == 0 and prompt.stdout == "", prompt
 
 
+def own_name_on_loopback() -> str:
+    """This machine's host name when it resolves to 127.0.0.1: it stands in for another machine's name
+    (the address does not look local, and the daemon stays on loopback)."""
+    name = socket.gethostname()
+    try:
+        address = socket.gethostbyname(name)
+    except OSError:
+        address = "unresolved"
+    if address != "127.0.0.1" or name.lower() == "localhost":
+        pytest.skip(f"this machine's name {name!r} resolves to {address}, not 127.0.0.1")
+    return name
+
+
+def test_the_doctor_checks_a_daemon_on_another_machine_and_installs_nothing(tmp_path: Path) -> None:
+    name = own_name_on_loopback()
+    devbox = tmp_path / "devbox"
+    write_config(devbox, public_name=name)
+    daemon = Daemon(devbox, log_path=devbox / "daemon.log").start()
+    laptop = tmp_path / "laptop"
+    laptop.mkdir()
+    env = base_env(laptop, CLAUDE_MAILBOX_URL=f"http://{name}:{daemon.port}", HOME=str(tmp_path))
+
+    def doctor(*args: str) -> tuple[int, dict[str, dict[str, str]]]:
+        done = run_cli("doctor", "--json", *args, env=env, timeout=120)
+        return done.returncode, {check["id"]: check for check in json.loads(done.stdout)["checks"]}
+
+    try:
+        code, checks = doctor()
+        assert code == 1 and list(checks) == ["python", "remote", "smoke"], checks
+        assert checks["remote"]["status"] == "failed" and "refuses this machine's token" in checks["remote"]["summary"]
+        assert str(laptop / "token") in checks["remote"]["fix"] and checks["smoke"]["status"] == "skipped"
+
+        (laptop / "token").write_text(daemon.token or "")
+        (laptop / "token").chmod(0o600)
+        code, checks = doctor()
+        assert code == 0, checks
+        assert [check["status"] for check in checks.values()] == ["ok", "ok", "ok"], checks
+        assert f"on another machine at http://{name}:{daemon.port}" in checks["remote"]["summary"]
+        assert "nothing to install or start here" in checks["remote"]["summary"]
+
+        code, checks = doctor("--prefix", "backend")
+        assert code == 1 and checks["prefix"]["status"] == "failed"
+        assert "on the daemon's machine" in str(checks["prefix"]["fix"])
+    finally:
+        daemon.stop()
+    code, checks = doctor()
+    assert code == 1 and checks["remote"]["status"] == "failed" and "not answering" in checks["remote"]["summary"]
+    assert "start it on its own machine" in str(checks["remote"]["fix"])
+    assert sorted(path.name for path in laptop.iterdir()) == ["token"]  # no venv, log, pid file or lock
+
+
 # --- the pure checks ----------------------------------------------------------------------------
 
 

@@ -8,6 +8,10 @@
 4. prefix     the optional base prefix of session mailbox names, in config.toml;
 5. smoke      a self -> self message through the daemon: send, peek, check.
 
+When the address names another machine (a remote daemon, README "Remote daemon"), nothing is installed
+or started here: `remote` replaces steps 2-4 and checks that the daemon answers, that its certificate
+is trusted and that it takes this machine's token; the smoke test follows.
+
 Idempotent: a second run changes nothing and says so. Asks before each fix unless --yes; without a
 terminal and without --yes it fixes nothing and says what --yes would do.
 
@@ -43,12 +47,14 @@ INSTALL_PYTHON = (
     "`winget install Python.Python.3.12`; or https://www.python.org/downloads/), then run the doctor again"
 )
 STEPS = ("python", "daemon", "autostart", "prefix", "smoke")
+REMOTE_STEPS = ("python", "remote", "smoke")
 LABELS = {
     "python": "python",
     "daemon": "daemon",
     "autostart": "autostart",
     "prefix": "prefix",
     "smoke": "smoke test",
+    "remote": "remote",
 }
 HANDOFF_MODULES = ("psutil", "tomli_w", "apsw")
 START_WAIT_SECONDS = 15.0
@@ -106,11 +112,26 @@ class Doctor:
             self.checks = list(prior)
         else:
             self._header()
-        for step in STEPS[len(self.checks) :]:
+        for step in self._steps()[len(self.checks) :]:
             if step == "autostart" and self._needs_handoff():
                 return self._handoff()
             self._record(self._run_step(step))
         return self._finish()
+
+    def _steps(self) -> tuple[str, ...]:
+        if self.remote:  # a prefix named on the command line is refused in words, not dropped
+            return REMOTE_STEPS + (("prefix",) if self.prefix is not None else ())
+        return STEPS
+
+    @property
+    def remote(self) -> bool:
+        """The daemon's address names another machine: it is installed and started there."""
+        from claude_mailbox.httpclient import Endpoint
+
+        try:
+            return not Endpoint.parse(self.url()).is_loopback
+        except MailboxError:
+            return False  # a malformed address: the local checks say what is wrong with it
 
     def _run_step(self, step: str) -> Check:
         blocked = self._blocked(step)
@@ -128,13 +149,22 @@ class Doctor:
     def _blocked(self, step: str) -> str | None:
         done = {check.id: check.status for check in self.checks}
         # prefix writes config.toml with tomli-w, which the managed environment brings.
-        needs = {"daemon": ("python",), "autostart": ("daemon",), "prefix": ("daemon",), "smoke": ("autostart",)}
+        needs: dict[str, tuple[str, ...]] = {
+            "daemon": ("python",),
+            "autostart": ("daemon",),
+            "prefix": ("daemon",),
+            "smoke": ("autostart",),
+        }
+        if self.remote:
+            needs.update(prefix=(), smoke=("remote",))
         for need in needs.get(step, ()):
             if done.get(need) not in ("ok", "fixed"):
                 return f"skipped: needs the {LABELS[need]} check to pass first"
         return None
 
     def _default_fix(self, step: str) -> str | None:
+        if step == "smoke" and self.remote:
+            return "see the daemon log on its machine, then run the doctor again"
         if step in ("autostart", "smoke"):
             return f"see the daemon log {paths.log_file()}, then run the doctor again"
         return None
@@ -328,10 +358,65 @@ class Doctor:
         summary = f"{how}; daemon {version} healthy at {url} (address from {source}); {auth}"
         return summary + (f"; {note}" if note else "")
 
+    # --- 2-4 for a daemon on another machine ---------------------------------------------------------
+
+    def check_remote(self) -> Check:
+        from claude_mailbox.errors import DaemonError, DaemonUnreachable
+        from claude_mailbox.httpclient import CA_ENV, TlsFailed
+        from claude_mailbox.setup import status
+
+        url, source = locate.resolve(self.url_override)
+        client = MailboxClient(url, timeout=5.0)
+        try:
+            health = client.health()
+        except TlsFailed as exc:
+            return Check(
+                "remote",
+                "failed",
+                exc.message,
+                f"copy the daemon's certificate to this machine and point ${CA_ENV} (hooks, CLI) and "
+                "$NODE_EXTRA_CA_CERTS (Claude Code's MCP connection) at it, then restart Claude Code",
+            )
+        except DaemonUnreachable as exc:
+            return Check(
+                "remote",
+                "failed",
+                exc.message,
+                "start it on its own machine (`claude-mailbox start` there): nothing here starts a daemon for "
+                "another machine's address",
+            )
+        info = status.auth_info(health)
+        token_fix = f"copy the daemon machine's token file (`token` in its data dir) to {info['tokenPath']} (mode 600)"
+        try:
+            client.list()
+        except DaemonError as exc:
+            if exc.http_status != 401:
+                raise
+            refused = f"the daemon at {url} refuses this machine's token: {exc.message}"
+            return Check("remote", "failed", refused, token_fix)
+        if info.get("mcpWarning"):
+            return Check("remote", "failed", f"the hooks reach {url}, but {info['mcpWarning']}", token_fix)
+        version = health.get("version")
+        behind = "" if version == self.target else f" (this plugin is {self.target}: update the daemon on its machine)"
+        return Check(
+            "remote",
+            "ok",
+            f"daemon {version}{behind} on another machine at {url} (address from {source}); "
+            f"auth: {status.auth_line(info)}; nothing to install or start here",
+        )
+
     # --- 4. prefix ------------------------------------------------------------------------------
 
     def check_prefix(self) -> Check:
         from claude_mailbox import config, identity
+
+        if self.remote:
+            return Check(
+                "prefix",
+                "failed",
+                "the prefix of session names is a setting of the daemon's machine, not this one",
+                "run `claude-mailbox doctor --prefix NAME` on the daemon's machine",
+            )
 
         current = config.load().prefix
         wanted = self.prefix
