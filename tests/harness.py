@@ -90,6 +90,22 @@ class Reachable:
 
         return MailboxClient(self.url, timeout=timeout, token=self.token or "")
 
+    def wait_mcp_ready(self, timeout: float = 60.0) -> None:
+        """The daemon imports the MCP SDK after it starts listening, and its first /mcp request waits for
+        that import: about 2 s here, past a client's 10 s timeout on a loaded machine. Tests whose MCP
+        calls have a short timeout wait for it once, with this ping."""
+        from claude_mailbox.httpclient import http_request
+
+        headers = {
+            **self.headers,
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2025-06-18",
+        }
+        ping = b'{"jsonrpc": "2.0", "id": 0, "method": "ping"}'
+        reply = http_request(self.url, "POST", "/mcp", body=ping, headers=headers, timeout=timeout)
+        assert reply.status == 200, reply.body
+
 
 @dataclass(eq=False)  # identity hash: benchmarks key dicts by daemon
 class Daemon(Reachable):

@@ -55,6 +55,7 @@ def concrete(path: str) -> str:
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     home = tmp_path_factory.mktemp("auth-home")
     running = start_daemon(home, log_path=home / "daemon.log")
+    running.wait_mcp_ready()
     try:
         yield running
     finally:

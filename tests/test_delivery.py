@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,16 +84,24 @@ def lease_count(daemon: Daemon) -> int:
     return int(sqlite_rows(daemon.db_path, "SELECT count(*) FROM leases")[0][0])
 
 
-def hang_up_after(daemon: Daemon, raw: bytes) -> None:
-    """Send one request and close the connection at once, without reading the answer.
+def hang_up_after(daemon: InProcessDaemon, raw: bytes) -> None:
+    """Send one request and close the connection, without reading the answer, while the in-process
+    daemon's event loop is held: it meets the request and the hang-up together, always before it can
+    answer. (Unheld, sendall() handed it the GIL and it could answer before close(); an answer the
+    kernel accepted counts as written, so that reader hung up after its answer: a CI run lost mail so.)"""
+    held, go = threading.Event(), threading.Event()
 
-    Corked, so the request leaves with the FIN: the daemon sees the hang-up before it can answer.
-    Uncorked, the in-process daemon could answer between sendall() and close() (sendall gives it
-    the GIL), and an answer the kernel accepted counts as written: that is a reader that hung up
-    after its answer, not before (a CI run lost the mail that way)."""
-    with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-        sock.sendall(raw)
+    def hold() -> None:
+        held.set()
+        go.wait(10)
+
+    daemon.loop.call_soon_threadsafe(hold)
+    assert held.wait(10), "the daemon's loop did not come round"
+    try:
+        with socket.create_connection(("127.0.0.1", daemon.port)) as sock:  # accepted by the kernel's backlog
+            sock.sendall(raw)
+    finally:
+        go.set()
 
 
 def post(daemon: Daemon, path: str, body: bytes, **headers: str) -> bytes:

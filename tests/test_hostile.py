@@ -392,6 +392,7 @@ def test_no_route_answers_without_the_token(server: Daemon) -> None:
 
 
 def test_mcp_cannot_read_another_mailbox(server: Daemon) -> None:
+    server.wait_mcp_ready()
     outcome = attacks.mcp_reads_another_inbox(server, 3)
     assert outcome.accepted == 0, outcome
 
@@ -465,12 +466,16 @@ def test_other_sessions_text_reaches_the_context_escaped(server: Daemon) -> None
 
 def test_rotating_the_sender_name_does_not_lift_the_rate_limit(strict: Daemon) -> None:
     outcome = attacks.rotating_sender(strict, 60)
-    assert outcome.accepted <= PEER_RATE + 2, outcome  # the peer's burst, plus what refilled meanwhile
-    assert outcome.details["statuses"].get(429, 0) >= 60 - PEER_RATE - 2, outcome
+    # The peer's burst, plus what refilled while the sends ran (one token every 60 / PEER_RATE s).
+    refilled = int(outcome.details["seconds"] * PEER_RATE / 60) + 1
+    assert outcome.accepted <= PEER_RATE + refilled, outcome
+    assert outcome.details["statuses"].get(429, 0) >= 60 - PEER_RATE - refilled, outcome
     assert outcome.details["retry_after_missing"] == 0, outcome
-    reply = send(strict.url, "someone-new", "inbox-x", "x")
-    assert reply.status == 429 and int(reply.headers["Retry-After"]) >= 1
-    assert "exceed" in reply.error()["message"]
+    # Yet another new name: refused too (of three at once, a token refilled meanwhile may let one by).
+    replies = [send(strict.url, f"someone-new-{index}", "inbox-x", "x") for index in range(3)]
+    refused = [reply for reply in replies if reply.status == 429]
+    assert len(refused) >= 2 and all(int(reply.headers["Retry-After"]) >= 1 for reply in refused), replies
+    assert "exceed" in refused[0].error()["message"]
 
 
 def test_mailbox_full_carries_retry_after(tmp_path: Path) -> None:

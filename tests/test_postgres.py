@@ -28,6 +28,7 @@ from claude_mailbox.store import IDEMPOTENCY_SECONDS, LeaseTerms, iso_before
 from conftest import Daemon
 from faultkit import write_config
 from pgkit import PgServer, SyncPgStore
+from pushkit import wait_waiters
 from race_workers import INBOX
 from racekit import PRODUCERS, check_exactly_once, run_race
 
@@ -231,7 +232,7 @@ def test_a_watcher_on_b_wakes_on_a_send_through_a(pair: tuple[Daemon, Daemon]) -
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    time.sleep(1.0)  # the watcher is registered on B by now
+    wait_waiters(b, 1)  # registered on B: the mail must come to it through the database, not be pending
     sent_at = time.perf_counter()
     a.client().send("alice", "carol", "wake up")
     watcher.join(30)

@@ -402,7 +402,7 @@ def test_release_puts_mail_back_at_once_and_counts_the_attempt(store: Store) -> 
 
 def test_an_unacknowledged_lease_expires_and_its_mail_comes_back_in_order(store: Store) -> None:
     sent = [send(store, "alice", "bob", f"m{i}") for i in range(5)]
-    first = store.lease("bob", LeaseTerms(lease_seconds=0.2, limit=3))
+    first = store.lease("bob", LeaseTerms(lease_seconds=1.0, limit=3))  # outlives the next two calls
     assert [m.id for m in first.messages] == [m.id for m in sent[:3]]
     assert all(m.attempts == 1 and "redelivered" not in m.to_json() for m in first.messages)
     assert first.remaining == 2
@@ -410,7 +410,7 @@ def test_an_unacknowledged_lease_expires_and_its_mail_comes_back_in_order(store:
     assert [m.id for m in second.messages] == [m.id for m in sent[3:]]
     assert second.remaining == 0
     assert store.peek("bob")[0] == 5  # leased is not delivered
-    time.sleep(0.25)
+    time.sleep(1.05)
     back = store.lease("bob", LeaseTerms(lease_seconds=60))
     assert [m.id for m in back.messages] == [m.id for m in sent[:3]]  # original order
     assert [(m.attempts, m.to_json()["redelivered"]) for m in back.messages] == [(2, True)] * 3

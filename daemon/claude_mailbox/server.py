@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import importlib
 import logging
+import math
 import signal
 import socket
 import sys
@@ -58,7 +59,8 @@ def error_response(error: MailboxError) -> web.Response:
     """The one error shape of the REST surface: {"error": {"code", "message"}}."""
     response = web.json_response({"error": {"code": error.code, "message": error.message}}, status=error.http_status)
     if error.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
+        # Rounded up: a client that waits exactly this long must not be refused again.
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     if isinstance(error, Overloaded):
         response.force_close()  # a refused long-poll must give its connection (a file descriptor) back
     if error.http_status == 401:
