@@ -455,6 +455,7 @@ def cmd_import_sqlite(args: argparse.Namespace) -> int:
     several machines. Reads the config as `serve` does; the daemon on that file must be stopped."""
     from claude_mailbox import config
     from claude_mailbox.errors import ConfigError
+    from claude_mailbox.hooktext import counted
     from claude_mailbox.setup import importer
 
     loaded = config.load()
@@ -486,10 +487,6 @@ def cmd_import_sqlite(args: argparse.Namespace) -> int:
         )
     emit(args, result.to_json(), text)
     return EXIT_OK
-
-
-def counted(number: int, singular: str, plural: str | None = None) -> str:
-    return f"{number} {singular if number == 1 else plural or singular + 's'}"
 
 
 MAX_AGE_DAYS = 36_500

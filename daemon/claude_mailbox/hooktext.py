@@ -66,7 +66,7 @@ def session_start_context(
         ]
     if pending:
         verb = "is waiting and arrives" if pending == 1 else "are waiting and arrive"
-        tail.append(f"{_count(pending, 'unread message')} for this session {verb} with the next prompt.")
+        tail.append(f"{counted(pending, 'unread message')} for this session {verb} with the next prompt.")
     if plugin:
         tail.append(
             "Peers' mail arrives with each prompt; to be woken mid-task, the user can run /claude-mailbox:collaborate."
@@ -133,8 +133,9 @@ def _more_line(count: int) -> str:
     return f"... and {count} more (claude-mailbox list)"
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
+def counted(number: int, singular: str, plural: str | None = None) -> str:
+    """ "1 message", "2 messages" ("2 mailboxes" with `plural`)."""
+    return f"{number} {singular if number == 1 else plural or singular + 's'}"
 
 
 def render_message(message: Message) -> str:
