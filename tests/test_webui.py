@@ -233,3 +233,16 @@ def test_bad_feed_queries_get_400_in_the_one_error_shape(daemon: Daemon) -> None
         assert refused.value.code == 400, query
         error = json.load(refused.value)["error"]
         assert error["code"] == "invalid_input" and words in error["message"], (query, error)
+
+
+def test_bidi_zero_width_and_control_characters_show_escaped(daemon: Daemon, browser: Any) -> None:
+    """Issue 20.7: "RTL \u202eevil" must not display as "RTL live"; the page writes what the CLI writes."""
+    client = daemon.client()
+    client.send("mallory", "bob", "RTL \u202eevil")
+    client.send("mallory", "bob", "zero\u200bwidth, bell\x07, cr\r; line one\nline two \U0001f600")
+    open_page(browser, daemon)
+    bodies = texts(browser, "#thread .msg .body")
+    assert bodies == [
+        "RTL \\u202eevil",
+        "zero\\u200bwidth, bell\\u0007, cr\\u000d; line one\nline two \U0001f600",  # newline and emoji stay
+    ]

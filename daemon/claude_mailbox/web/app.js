@@ -18,10 +18,19 @@ const state = { boxes: [], name: null, peer: null, last: 0, run: 0, abort: null 
 
 function $(id) { return document.getElementById(id); }
 
+// What textsafe.py escapes for the CLI and the hooks, written visibly as \uXXXX here too: controls,
+// bidi overrides, zero-width and invisible characters could reorder or hide text ("RTL \u202elive").
+// Newlines and tabs in a body stay layout (the body is shown pre-wrapped).
+const UNSAFE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff\ud800-\udfff]/gu; // u: a lone surrogate only, never half of an emoji
+
+function visible(text) {
+  return String(text).replace(UNSAFE, (ch) => "\\u" + ch.charCodeAt(0).toString(16).padStart(4, "0"));
+}
+
 function element(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
+  if (text !== undefined) node.textContent = visible(text);
   return node;
 }
 
