@@ -33,7 +33,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]  # ships no type information
+import asyncpg  # ships no type information: see [[tool.mypy.overrides]] in pyproject.toml
 
 from claude_mailbox.config import redact_url
 from claude_mailbox.errors import LeaseNotFound, MailboxError, MailboxFull, StorageFull, StoreBusy, StoreUnavailable

@@ -133,7 +133,7 @@ def run(source: Path, url: str, *, host: str | None = None, daemon_url: str | No
 async def _import(
     pg_store: Any, reader: apsw.Connection, source: Path, url: str, label: str, host: str | None
 ) -> Imported:
-    import asyncpg  # type: ignore[import-untyped]  # installed: pgstore imported it
+    import asyncpg  # installed: pgstore imported it
 
     # Connect (and create or migrate the schema, as a daemon would) before writing anything to SQLite.
     pg = await pg_store.open(url, host=host, max_connections=1)
