@@ -7,6 +7,7 @@ The hot requests (one well-formed `tools/call`, `tools/list` or `ping` POST) ski
 per-request transport (memory streams, task groups, a JSON-RPC dispatcher: ~80% of a call's CPU) and
 go straight to the SDK's single-request driver `serve_one`, with the `Connection` the manager would
 build for that era; their answers are the manager's, byte for byte. Anything else goes to the manager.
+The provisional SDK names this needs are all in mcp_sdk.py.
 """
 
 from __future__ import annotations
@@ -16,37 +17,19 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
-import anyio
 import mcp.types as types
 import pydantic_core
 from aiohttp import web
 from mcp.server import Server, ServerRequestContext
-from mcp.server.connection import Connection
-from mcp.server.runner import modern_error_data, serve_one
-from mcp.server.streamable_http import check_accept_headers
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.shared.dispatcher import CallOptions
-from mcp.shared.exceptions import NoBackChannelError
-from mcp.shared.inbound import (
-    ERROR_CODE_HTTP_STATUS,
-    MCP_PARAM_HEADER_PREFIX,
-    MCP_PROTOCOL_VERSION_HEADER,
-    InboundLadderRejection,
-    classify_inbound_request,
-    find_duplicated_routing_header,
-    x_mcp_header_map,
-)
-from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
-from mcp.shared.message import MessageMetadata, ServerMessageMetadata
-from mcp.shared.transport_context import TransportContext
-from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from starlette.requests import Request
 
 from claude_mailbox import __version__
+from claude_mailbox import mcp_sdk as sdk
 from claude_mailbox.errors import MailboxError
 from claude_mailbox.rest import caller_from_headers
 from claude_mailbox.service import Caller, MailboxService
@@ -61,7 +44,7 @@ INSTRUCTIONS = (
     "announced at session start; omit `from`/`name` to act as yourself."
 )
 FAST_METHODS = frozenset({"tools/call", "tools/list", "ping"})  # answered without the manager's transport
-_PARAM_HEADER_PREFIX = MCP_PARAM_HEADER_PREFIX.lower()
+_PARAM_HEADER_PREFIX = sdk.MCP_PARAM_HEADER_PREFIX.lower()
 
 
 def build_server(service: MailboxService) -> Server[Any]:
@@ -127,30 +110,6 @@ def _tool_error(message: str) -> types.CallToolResult:
 
 
 @dataclasses.dataclass
-class _SingleAnswer:
-    """The `DispatchContext` of a request answered with one JSON body (the manager's `json_response`
-    mode). Nothing but the answer reaches the client, so notifications and progress are dropped, as
-    the SDK's own transports drop them in that mode, and a request to the client cannot be sent."""
-
-    transport: TransportContext
-    request_id: types.RequestId
-    message_metadata: MessageMetadata
-    cancel_requested: anyio.Event = dataclasses.field(default_factory=anyio.Event)
-    can_send_request: bool = dataclasses.field(default=False, init=False)
-
-    async def send_raw_request(
-        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
-    ) -> dict[str, Any]:
-        raise NoBackChannelError(method)
-
-    async def notify(self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None) -> None:
-        return None
-
-    async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
-        return None
-
-
-@dataclasses.dataclass
 class _Exchange:
     response: web.StreamResponse | None = None
     written: bool = False  # the answer reached the socket: the mail in it may be acknowledged
@@ -173,7 +132,7 @@ class McpEndpoint:
         self.fast_path = True  # False sends every request through the manager (the tests compare the two)
         self.fast_answers = 0  # requests answered by the fast path
         # A tool that maps arguments to Mcp-Param-* headers needs the SDK's header check: none does today.
-        self._param_headers_declared = any(x_mcp_header_map(tool.input_schema) for tool in TOOLS)
+        self._param_headers_declared = any(sdk.x_mcp_header_map(tool.input_schema) for tool in TOOLS)
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
@@ -213,13 +172,13 @@ class McpEndpoint:
         if (
             len(body) > self.manager.max_request_body_size
             or content_type.split(";")[0].rstrip() != "application/json"  # passes both of the SDK's checks
-            or not check_accept_headers(http)[0]  # json_response mode needs only application/json
+            or not sdk.check_accept_headers(http)[0]  # json_response mode needs only application/json
         ):
             return None
         # The manager's era routing: a handshake-era version, or none, takes the stateless legacy path.
-        version_header = MCP_PROTOCOL_VERSION_HEADER.encode("ascii")
+        version_header = sdk.MCP_PROTOCOL_VERSION_HEADER.encode("ascii")
         version = next((v.decode("latin-1") for k, v in scope["headers"] if k == version_header), None)
-        if version is None or version in HANDSHAKE_PROTOCOL_VERSIONS:
+        if version is None or version in sdk.HANDSHAKE_PROTOCOL_VERSIONS:
             return await self._answer_handshake_era(http, body, version)
         return await self._answer_modern(http, body)
 
@@ -227,25 +186,26 @@ class McpEndpoint:
         """As the manager's stateless transport answers: a born-ready connection at the header's
         version, JSONRPCDispatcher's error mapping, the transport's serialisation."""
         try:
-            message = types.jsonrpc_message_adapter.validate_python(pydantic_core.from_json(body), by_name=False)
+            message = sdk.jsonrpc_message_adapter.validate_python(pydantic_core.from_json(body), by_name=False)
         except ValueError:  # not JSON, or not JSON-RPC (ValidationError is a ValueError)
             return None
         if not isinstance(message, types.JSONRPCRequest) or message.method not in FAST_METHODS:
             return None
-        connection = Connection.from_envelope(version or types.DEFAULT_NEGOTIATED_VERSION, None, None)
-        dctx = _SingleAnswer(
-            TransportContext(kind="streamable-http", can_send_request=False),
+        connection = sdk.Connection.from_envelope(version or sdk.DEFAULT_NEGOTIATED_VERSION, None, None)
+        dctx = sdk.SingleAnswer(
+            sdk.TransportContext(kind="streamable-http", can_send_request=False),
             message.id,
-            ServerMessageMetadata(request_context=http, can_send_request=False),
+            sdk.ServerMessageMetadata(request_context=http, can_send_request=False),
         )
         reply: types.JSONRPCResponse | types.JSONRPCError
         try:
-            result = await serve_one(
-                self.server, dctx, message.method, message.params, connection=connection, lifespan_state=self._lifespan
+            lifespan = sdk.lifespan_state(self.manager)
+            result = await sdk.serve_one(
+                self.server, dctx, message.method, message.params, connection=connection, lifespan_state=lifespan
             )
             reply = types.JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
         except Exception as exc:
-            error = handler_exception_to_error_data(exc)
+            error = sdk.handler_exception_to_error_data(exc)
             if error is None:  # what JSONRPCDispatcher answers for any other exception
                 log.exception("handler for %r raised", message.method)
                 error = types.ErrorData(code=0, message=str(exc))
@@ -266,39 +226,35 @@ class McpEndpoint:
             request = types.JSONRPCRequest.model_validate(decoded)
         except ValidationError:
             return None
-        if find_duplicated_routing_header(http.headers.items()) is not None:
+        if sdk.find_duplicated_routing_header(http.headers.items()) is not None:
             return None
         if request.method == "tools/call" and (
             self._param_headers_declared or any(name.startswith(_PARAM_HEADER_PREFIX) for name in http.headers)
         ):
             return None
-        route = classify_inbound_request(decoded, headers=dict(http.headers))
-        if isinstance(route, InboundLadderRejection):
+        route = sdk.classify_inbound_request(decoded, headers=dict(http.headers))
+        if isinstance(route, sdk.InboundLadderRejection):
             return None
-        connection = Connection.from_envelope(route.protocol_version, route.client_info, route.client_capabilities)
-        dctx = _SingleAnswer(
-            TransportContext(kind="streamable-http", can_send_request=False, headers=http.headers),
+        connection = sdk.Connection.from_envelope(route.protocol_version, route.client_info, route.client_capabilities)
+        dctx = sdk.SingleAnswer(
+            sdk.TransportContext(kind="streamable-http", can_send_request=False, headers=http.headers),
             request.id,
-            ServerMessageMetadata(request_context=http),
+            sdk.ServerMessageMetadata(request_context=http),
         )
         reply: types.JSONRPCResponse | types.JSONRPCError
         status = 200
         try:
-            result = await serve_one(
-                self.server, dctx, request.method, request.params, connection=connection, lifespan_state=self._lifespan
+            lifespan = sdk.lifespan_state(self.manager)
+            result = await sdk.serve_one(
+                self.server, dctx, request.method, request.params, connection=connection, lifespan_state=lifespan
             )
             reply = types.JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result)
         except Exception as exc:
-            reply = types.JSONRPCError(jsonrpc="2.0", id=request.id, error=modern_error_data(exc))
-            status = ERROR_CODE_HTTP_STATUS.get(reply.error.code, status)
+            reply = types.JSONRPCError(jsonrpc="2.0", id=request.id, error=sdk.modern_error_data(exc))
+            status = sdk.ERROR_CODE_HTTP_STATUS.get(reply.error.code, status)
         return status, json.dumps(
             reply.model_dump(mode="json", by_alias=True, exclude_none=True), separators=(",", ":")
         )
-
-    @property
-    def _lifespan(self) -> Any:
-        # The server's lifespan state, entered once by the manager's run(); the SDK has no public getter.
-        return self.manager._lifespan_state
 
     async def _relay(self, request: web.Request, body: bytes, scope: dict[str, Any], exchange: _Exchange) -> None:
         """Relay one aiohttp request through the SDK's ASGI interface."""
