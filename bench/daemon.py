@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,10 @@ def bench_throughput(daemon: Daemon, quick: bool) -> dict[int, float]:
 # --- MCP send latency ---------------------------------------------------------------------------------
 
 
-async def _mcp_latencies(url: str, headers: dict[str, str], mode: str, trials: int, warmup: int) -> list[float]:
+async def _mcp_latencies(
+    url: str, headers: dict[str, str], mode: str, trials: int, warmup: int, warmed: Callable[[], object] | None = None
+) -> list[float]:
+    """Sequential `send` calls through the SDK's own client; `warmed` runs once the warm-up is over."""
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
     from mcp.shared._httpx_utils import create_mcp_http_client
@@ -133,6 +137,8 @@ async def _mcp_latencies(url: str, headers: dict[str, str], mode: str, trials: i
         Client(streamable_http_client(f"{url}/mcp", http_client=http), mode=mode) as client,
     ):
         for i in range(warmup + trials):
+            if i == warmup and warmed is not None:
+                warmed()
             began = time.perf_counter()
             result = await client.call_tool("send", {"to": "mcp-peer", "body": f"{BODY} {i}"})
             elapsed = time.perf_counter() - began

@@ -68,28 +68,16 @@ def raw_calls(daemon: Daemon, era: str, calls: int, warmup: int) -> Figure:
 
 
 async def _client_calls(daemon: Daemon, mode: str, calls: int, warmup: int) -> Figure:
-    from mcp import Client
-    from mcp.client.streamable_http import streamable_http_client
-    from mcp.shared._httpx_utils import create_mcp_http_client
+    from daemon import _mcp_latencies  # bench/daemon.py: the SDK client loop
 
-    samples: list[float] = []
-    cpu_before = 0.0
-    async with (
-        create_mcp_http_client(headers={**SENDER, **daemon.headers}) as http,
-        Client(streamable_http_client(f"{daemon.url}/mcp", http_client=http), mode=mode) as client,
-    ):
-        for i in range(warmup + calls):
-            if i == warmup:
-                cpu_before = daemon.cpu_seconds()
-            began = time.perf_counter()
-            result = await client.call_tool("send", {"to": "mcp-peer", "body": f"{BODY} {i}"})
-            elapsed = time.perf_counter() - began
-            if result.is_error:
-                raise RuntimeError(f"mcp.Client ({mode}) send failed: {result.content}")
-            if i >= warmup:
-                samples.append(elapsed)
-        cpu = daemon.cpu_seconds() - cpu_before
-    return cpu / calls, percentile(samples, 50)
+    cpu_before: list[float] = []
+    headers = {**SENDER, **daemon.headers}
+
+    def warmed() -> None:  # daemon CPU is counted from the end of the warm-up
+        cpu_before.append(daemon.cpu_seconds())
+
+    samples = await _mcp_latencies(daemon.url, headers, mode, calls, warmup, warmed)
+    return (daemon.cpu_seconds() - cpu_before[0]) / calls, percentile(samples, 50)
 
 
 def client_calls(daemon: Daemon, mode: str, calls: int, warmup: int) -> Figure:
