@@ -26,6 +26,7 @@ from mcp.shared.exceptions import MCPError
 
 import claude_mailbox.server as server_module
 import pgkit
+from claude_mailbox import routes
 from claude_mailbox.mcp_http import McpEndpoint
 from conftest import InProcessDaemon, in_process_daemon
 from harness import sqlite_rows
@@ -63,7 +64,7 @@ def app_with_endpoint(home: Path, **settings: Any) -> Iterator[App]:
         return built[-1]
 
     async def endpoint_of(app: Any) -> McpEndpoint:
-        endpoint: McpEndpoint = await asyncio.shield(app[server_module.MCP])  # once the SDK is imported
+        endpoint: McpEndpoint = await asyncio.shield(app[routes.MCP])  # once the SDK is imported
         return endpoint
 
     with pytest.MonkeyPatch.context() as patch:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_mailbox import hookapi, openapi, schemas, server, tools
+from claude_mailbox import hookapi, routes, schemas, server, tools
 from claude_mailbox.config import Config
 from claude_mailbox.setup import doctor
 from conftest import InProcessDaemon, base_env, free_port, run_cli
@@ -104,10 +104,10 @@ def test_the_document_is_built_on_demand_not_when_the_module_is_imported() -> No
     import subprocess
     import sys
 
-    code = "import sys, claude_mailbox.rest, claude_mailbox.schemas; print('pydantic' in sys.modules)"
+    code = "import sys, claude_mailbox.routes, claude_mailbox.schemas; print('pydantic' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr  # the daemon listens before pydantic loads
-    assert openapi.document("x") is openapi.document("x")  # built once
+    assert routes.document("x") is routes.document("x")  # built once
 
 
 # --- POST /v1/prune and POST /v1/forget --------------------------------------------------------------

@@ -6,6 +6,8 @@ Stdlib only: the CLI and hooks import it.
 
 from __future__ import annotations
 
+import json
+
 
 class MailboxError(Exception):
     """An error meant for a person: printed without a traceback."""
@@ -54,6 +56,10 @@ class NotFound(MailboxError):
 class MethodNotAllowed(MailboxError):
     code = "method_not_allowed"
     http_status = 405
+
+    def __init__(self, message: str, *, allow: str | None = None) -> None:
+        super().__init__(message)
+        self.allow = allow  # the methods the route answers: the Allow header (RFC 9110)
 
 
 class PayloadTooLarge(MailboxError):
@@ -154,3 +160,13 @@ class DaemonError(MailboxError):
         super().__init__(message, retry_after=retry_after)
         self.code = code
         self.http_status = http_status
+
+
+def error_body(error: MailboxError) -> dict[str, dict[str, str]]:
+    """The one error shape of every edge: REST bodies, the raw answers aiohttp's protocol layer and
+    the connection cap write, and MCP tool errors' structured content."""
+    return {"error": {"code": error.code, "message": error.message}}
+
+
+def error_bytes(error: MailboxError) -> bytes:
+    return json.dumps(error_body(error)).encode()

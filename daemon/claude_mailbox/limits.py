@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -20,7 +19,7 @@ from aiohttp.web_request import BaseRequest
 
 from claude_mailbox import __version__
 from claude_mailbox.config import Config
-from claude_mailbox.errors import InternalError, InvalidInput, MailboxError, Overloaded, PayloadTooLarge
+from claude_mailbox.errors import InternalError, InvalidInput, MailboxError, Overloaded, PayloadTooLarge, error_bytes
 from claude_mailbox.ratelimit import RateLimiter
 from claude_mailbox.waiters import WaiterRegistry
 
@@ -36,8 +35,6 @@ OVERLOAD_RETRY_SECONDS = 5
 OVER_CAP_GRACE_SECONDS = 0.1  # a real client has sent its request by then
 OVER_CAP_FLOOD_GRACE_SECONDS = 0.02
 HEALTH_REQUESTS = (b"GET /health ", b"GET /health?", b"HEAD /health ")
-# Routes that can send mail: they spend from the per-peer bucket and the global ceiling.
-SENDING_ROUTES = frozenset({"/v1/send", "/mcp"})
 
 
 def open_file_limit() -> int | None:
@@ -109,24 +106,22 @@ LIMITS = web.AppKey("limits", Limits)
 
 
 def spend_rate(request: web.Request) -> None:
-    """Requests that can send mail spend from their peer's bucket and the global one: sender names
-    are claims, rotating them must not lift the limit (issue 12.5)."""
-    if request.method == "POST" and request.path in SENDING_ROUTES:
-        limits = request.app[LIMITS]
-        try:
-            limits.per_peer.take(request.remote or "unknown")
-            limits.overall.take("everyone")
-        except MailboxError:
-            limits.refused["rate"] += 1
-            raise
+    """A request that can send mail (routes.py says which) spends from its peer's bucket and the
+    global one: sender names are claims, rotating them must not lift the limit (issue 12.5)."""
+    limits = request.app[LIMITS]
+    try:
+        limits.per_peer.take(request.remote or "unknown")
+        limits.overall.take("everyone")
+    except MailboxError:
+        limits.refused["rate"] += 1
+        raise
 
 
 # --- aiohttp's protocol errors in the one error shape ------------------------------------------------
 
 
 def _canned_overload(limit: int) -> bytes:
-    message = f"the daemon has {limit} open connections (max_connections); retry shortly"
-    body = json.dumps({"error": {"code": Overloaded.code, "message": message}}).encode()
+    body = error_bytes(Overloaded(f"the daemon has {limit} open connections (max_connections); retry shortly"))
     head = (
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
         f"Retry-After: {OVERLOAD_RETRY_SECONDS}\r\nConnection: close\r\nX-Mailbox-Daemon-Version: {__version__}\r\n"
@@ -192,10 +187,9 @@ class _JsonErrorHandler(RequestHandler):
             reason = re.split(r":\s*(?:b['\"]|bytearray\()", str(message or HTTPStatus(status).phrase))[0]
             reason = " ".join(reason.split())[:200]
             error = InvalidInput(f"malformed HTTP request: {reason}")
-        body = {"error": {"code": error.code, "message": error.message}}
         response = web.Response(
             status=status,
-            body=json.dumps(body).encode(),
+            body=error_bytes(error),
             content_type="application/json",
             headers={"X-Mailbox-Daemon-Version": __version__},
         )

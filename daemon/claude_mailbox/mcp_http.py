@@ -30,7 +30,7 @@ from starlette.requests import Request
 
 from claude_mailbox import __version__
 from claude_mailbox import mcp_sdk as sdk
-from claude_mailbox.errors import MailboxError
+from claude_mailbox.errors import InvalidInput, MailboxError, error_body
 from claude_mailbox.rest import caller_from_headers
 from claude_mailbox.service import Caller, MailboxService
 from claude_mailbox.store import Lease
@@ -71,7 +71,7 @@ def build_server(service: MailboxService) -> Server[Any]:
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         tool = TOOLS_BY_NAME.get(params.name)
         if tool is None:
-            return _tool_error(f"unknown tool {params.name!r}; the tools are {', '.join(TOOLS_BY_NAME)}")
+            return _tool_error(InvalidInput(f"unknown tool {params.name!r}; the tools are {', '.join(TOOLS_BY_NAME)}"))
         caller = caller_from_headers(ctx.request.headers) if ctx.request is not None else Caller()
         leases = ctx.request.scope.get(LEASES_KEY) if ctx.request is not None else None
         if isinstance(leases, list):
@@ -81,7 +81,7 @@ def build_server(service: MailboxService) -> Server[Any]:
             check_arguments(tool, arguments)
             result = await tool.run(service, arguments, caller)
         except MailboxError as exc:
-            return _tool_error(exc.message)
+            return _tool_error(exc)
         return types.CallToolResult(
             content=[types.TextContent(text=json.dumps(result, ensure_ascii=False))], structured_content=result
         )
@@ -105,8 +105,11 @@ def build_server(service: MailboxService) -> Server[Any]:
     return server
 
 
-def _tool_error(message: str) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(text=message)], is_error=True)
+def _tool_error(error: MailboxError) -> types.CallToolResult:
+    """The REST error's words as the text, and its body, stable `code` included, as structured content."""
+    return types.CallToolResult(
+        content=[types.TextContent(text=error.message)], structured_content=error_body(error), is_error=True
+    )
 
 
 @dataclasses.dataclass

@@ -1,11 +1,12 @@
-"""The OpenAPI 3.1 document of every route, served at /openapi.json (schemathesis tests it). The
-shapes come from schemas.py; this module only says which route takes and answers which shape.
-Built on the first request (pydantic is imported then, not when the daemon starts) and cached.
+"""The OpenAPI 3.1 document of the route table (routes.py), served at /openapi.json (schemathesis
+tests it). The shapes come from schemas.py; an Operation says which route takes and answers which
+shape, and what the daemon's front door does with it. Built on the first request (pydantic is
+imported then, not when the daemon starts).
 """
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,8 +37,11 @@ COMMON = (400, 401, 403, 421, 429, 503)
 POST_ERRORS = (*COMMON, 413, 415)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so a table of them can key a cache
 class Operation:
+    """One route, declared once: what the document says, what handles it and how the front door
+    treats it (`public`: answered without the token; `sends`: spends the send budget)."""
+
     path: str
     method: str
     operation_id: str
@@ -51,209 +55,24 @@ class Operation:
     public: bool = False
     tags: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)  # more responses
+    handler: Callable[..., Awaitable[Any]] = field(kw_only=True)
+    pattern: str | None = field(default=None, kw_only=True)  # aiohttp's path pattern, where it differs from `path`
+    # True, or a test of the request body (MCP: only a tools/call of `send` spends).
+    sends: bool | Callable[[bytes], bool] = field(default=False, kw_only=True)
 
 
-def _header(name: str, required: bool, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+def header(name: str, required: bool, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"name": name, "in": "header", "required": required, "schema": schema or NAME, "description": description}
 
 
-OWNER = _header("X-Mailbox", True, "Must equal `name`: only its owner consumes an inbox.")
-OPTIONAL_CALLER = _header(
+OWNER = header("X-Mailbox", True, "Must equal `name`: only its owner consumes an inbox.")
+OPTIONAL_CALLER = header(
     "X-Mailbox",
     False,
     "The caller's mailbox (registers its presence; empty: the same as absent).",
     {"type": "string", "pattern": "^([A-Za-z0-9._-]{1,64})?$"},
 )
 HOOK_TEXT = {"X-Hook-Stream": "stdout or stderr: where the hook prints the body", "X-Hook-Exit": "the hook's exit code"}
-
-OPERATIONS = (
-    Operation(
-        "/health",
-        "get",
-        "health",
-        "Is the daemon up; its version, database and limits.",
-        schemas.Health,
-        errors=(403, 421, 503),
-        public=True,
-    ),
-    Operation("/openapi.json", "get", "openapi", "This document.", "application/json", errors=(401, 403, 421)),
-    Operation(
-        "/v1/send",
-        "post",
-        "send",
-        "Leave a message in another mailbox.",
-        schemas.SendResponse,
-        201,
-        body=schemas.SendRequest,
-        headers=(
-            _header(
-                "X-Mailbox",
-                False,
-                "The sender's mailbox; this or `from` is required (400 identity_required without both).",
-            ),
-            _header(
-                "Idempotency-Key",
-                False,
-                "A retry with the same key (same sender, 24 h) answers the "
-                "first message, status 200, and stores nothing.",
-                {"type": "string", "pattern": "^[\\x21-\\x7e]{1,200}$"},
-            ),
-        ),
-        errors=(*POST_ERRORS, 507),
-        extra={"200": "Repeated Idempotency-Key: the first message"},
-    ),
-    Operation(
-        "/v1/peek",
-        "get",
-        "peek",
-        "Count pending mail without consuming it.",
-        schemas.PeekResponse,
-        query=schemas.NameQuery,
-    ),
-    Operation(
-        "/v1/check-inbox",
-        "post",
-        "checkInbox",
-        "Take pending mail under a lease (ack=auto: delivered once answered).",
-        schemas.CheckInboxResponse,
-        query=schemas.CheckInboxQuery,
-        headers=(OWNER,),
-        errors=POST_ERRORS,
-    ),
-    Operation(
-        "/v1/ack",
-        "post",
-        "ack",
-        "Acknowledge a lease from check-inbox?ack=manual.",
-        schemas.AckResponse,
-        query=schemas.NameQuery,
-        body=schemas.AckRequest,
-        headers=(OWNER,),
-        errors=(*POST_ERRORS, 409),
-    ),
-    Operation(
-        "/v1/list",
-        "get",
-        "list",
-        "Every mailbox with liveness, and how much is pending for the caller.",
-        schemas.ListResponse,
-        headers=(OPTIONAL_CALLER,),
-    ),
-    Operation(
-        "/v1/watch",
-        "post",
-        "watch",
-        "Wait for mail, a rename or the timeout (`watch --block`).",
-        schemas.WatchResponse,
-        query=schemas.WatchQuery,
-        headers=(OWNER,),
-        errors=POST_ERRORS,
-        tags=(LONG_POLL,),
-    ),
-    Operation(
-        "/v1/hooks/{event}",
-        "post",
-        "hook",
-        "Claude Code's hooks relay their stdin here and print the answer (hooks/hook.py). The stop "
-        "event holds the answer until mail arrives while the session collaborates.",
-        "text/plain",
-        body=schemas.HookInput,
-        headers=(
-            _header("X-Mailbox", False, "A fixed mailbox name for this session."),
-            _header("X-Mailbox-Prefix", False, "Base of the session's mailbox name."),
-            _header(
-                "X-Mailbox-Claude-Pid", False, "The Claude Code process.", {"type": "string", "pattern": "^[0-9]{1,9}$"}
-            ),
-            _header(
-                "X-Mailbox-Ack", False, "manual: the relay acknowledges the mail it printed.", {"enum": ["manual"]}
-            ),
-        ),
-        errors=(*POST_ERRORS, 404),
-        tags=(LONG_POLL,),
-    ),
-    Operation(
-        "/v1/collaborate",
-        "get",
-        "collaborateStatus",
-        "Is a mailbox in collaboration mode.",
-        schemas.CollaborateResponse,
-        query=schemas.NameQuery,
-    ),
-    Operation(
-        "/v1/collaborate",
-        "post",
-        "collaborate",
-        "Turn collaboration mode on or off (the Stop hook then waits for mail).",
-        schemas.CollaborateResponse,
-        body=schemas.CollaborateRequest,
-        headers=(OPTIONAL_CALLER,),
-        errors=(*POST_ERRORS, 404),
-    ),
-    Operation(
-        "/v1/whoami",
-        "get",
-        "whoami",
-        "The mailbox a Claude Code session registered.",
-        schemas.WhoamiResponse,
-        query=schemas.WhoamiQuery,
-        errors=(*COMMON, 404),
-    ),
-    Operation(
-        "/v1/prune",
-        "post",
-        "prune",
-        "Delete delivered mail older than an age (pending mail is never touched); needs only the token.",
-        schemas.PruneResponse,
-        body=schemas.PruneRequest,
-        errors=POST_ERRORS,
-    ),
-    Operation(
-        "/v1/forget",
-        "post",
-        "forget",
-        "Remove a mailbox that only ever wrote to itself (the doctor's smoke test); X-Mailbox must name it.",
-        schemas.ForgetResponse,
-        body=schemas.ForgetRequest,
-        headers=(_header("X-Mailbox", True, "Must equal `name`."),),
-        errors=POST_ERRORS,
-    ),
-    Operation(
-        "/v1/feed",
-        "get",
-        "feed",
-        "Messages in order with their read state, for the page and `tail` (never consumes).",
-        schemas.FeedResponse,
-        query=schemas.FeedQuery,
-        tags=(LONG_POLL,),
-    ),
-    Operation("/", "get", "page", "The live web page.", "text/html", errors=(403, 421), public=True),
-    Operation(
-        "/static/{name}",
-        "get",
-        "static",
-        "The page's script and style.",
-        ("text/javascript", "text/css"),
-        errors=(403, 404, 421),
-        public=True,
-    ),
-    Operation(
-        "/mcp",
-        "post",
-        "mcp",
-        "The MCP endpoint (Streamable HTTP, JSON answers; JSON-RPC body).",
-        "application/json",
-        body=dict,
-        errors=(*POST_ERRORS, 406),
-        tags=(MCP_TAG,),
-        extra={"202": "A notification or response, accepted"},
-    ),
-    Operation(
-        "/mcp", "get", "mcpGet", "Not offered (no server-initiated stream).", None, 405, errors=(401,), tags=(MCP_TAG,)
-    ),
-    Operation(
-        "/mcp", "delete", "mcpDelete", "Not offered (stateless sessions).", None, 405, errors=(401,), tags=(MCP_TAG,)
-    ),
-)
 
 
 def _content(schema: dict[str, Any], content_type: str = "application/json") -> dict[str, Any]:
@@ -327,11 +146,10 @@ class _Builder:
         return result
 
 
-@functools.cache
-def document(version: str) -> dict[str, Any]:
+def build(operations: tuple[Operation, ...], version: str) -> dict[str, Any]:
     builder = _Builder()
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS:
+    for op in operations:
         paths.setdefault(op.path, {})[op.method] = builder.operation(op)
     return {
         "openapi": "3.1.0",

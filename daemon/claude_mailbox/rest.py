@@ -1,21 +1,22 @@
-"""The REST surface: every /v1/* handler, /health and /openapi.json. Parses and checks the
-request, calls the service, answers JSON (or, for hooks, the text hookapi.py renders).
+"""The REST surface: every /v1/* handler and /health (routes.py lists them). Parses the request,
+calls the service, answers JSON (or, for hooks, the text hookapi.py renders).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from claude_mailbox import __version__, hookapi, identity, openapi, schemas
+from claude_mailbox import __version__, hookapi, identity, schemas
 from claude_mailbox.errors import IdentityMismatch, IdentityRequired, InvalidInput, NotFound
 from claude_mailbox.schemas import mailbox_json
 from claude_mailbox.service import Caller, MailboxService
-from claude_mailbox.store import Lease
+from claude_mailbox.store import FeedFilter, Lease
 
 SERVICE = web.AppKey("service", MailboxService)
 
@@ -81,10 +82,6 @@ def _connected(request: web.Request) -> Callable[[], bool]:
 async def health(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     return web.json_response({"status": "ok", "version": __version__, **service.info()})
-
-
-async def openapi_document(request: web.Request) -> web.Response:
-    return web.json_response(openapi.document(__version__))
 
 
 async def send(request: web.Request) -> web.Response:
@@ -295,19 +292,32 @@ async def forget(request: web.Request) -> web.Response:
     return web.json_response({"name": name, "forgotten": forgotten})
 
 
-def add_routes(app: web.Application, service: MailboxService) -> None:
-    app[SERVICE] = service
-    app.router.add_get("/health", health)
-    app.router.add_get("/openapi.json", openapi_document)
-    app.router.add_post("/v1/send", send)
-    app.router.add_get("/v1/peek", peek)
-    app.router.add_post("/v1/check-inbox", check_inbox)
-    app.router.add_post("/v1/ack", ack)
-    app.router.add_get("/v1/list", list_mailboxes)
-    app.router.add_post("/v1/watch", watch)
-    app.router.add_post("/v1/hooks/{event}", hook)
-    app.router.add_get("/v1/collaborate", collaborate)
-    app.router.add_post("/v1/collaborate", collaborate)
-    app.router.add_get("/v1/whoami", whoami)
-    app.router.add_post("/v1/prune", prune)
-    app.router.add_post("/v1/forget", forget)
+_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
+
+
+def _whole_number(query: dict[str, str], key: str, default: int) -> int:
+    high = int(schemas.bounds(schemas.FeedQuery, key)[1])
+    text = query.get(key)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 12) or int(text) > high:
+        raise InvalidInput(f"{key} must be a whole number from 0 to {high}")
+    return int(text)
+
+
+async def feed(request: web.Request) -> web.Response:
+    """Messages in order with their read state, for the page and `tail`; never consumes (see
+    MailboxService.feed). `wait`: hold until something newer than `after` arrives."""
+    query = _query(request, schemas.FeedQuery)
+    since = query.get("since")
+    if since is not None and not _ISO.fullmatch(since):
+        raise InvalidInput("since must be a UTC time like 2026-01-31T12:00:00.000Z")
+    after = query.get("after")
+    messages, last = await request.app[SERVICE].feed(
+        None if after is None else _whole_number(query, "after", 0),
+        _whole_number(query, "limit", 100),
+        FeedFilter(query.get("name"), query.get("peer"), since),
+        wait=float(_whole_number(query, "wait", 0)),
+        still_connected=_connected(request),
+    )
+    return web.json_response({"messages": [schemas.feed_json(m) for m in messages], "last": last})

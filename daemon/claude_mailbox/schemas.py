@@ -172,7 +172,7 @@ class WhoamiQuery(TypedDict):
 
 
 class FeedQuery(TypedDict):
-    after: NotRequired[Annotated[int, Json("Only messages with a larger id.", minimum=0)]]
+    after: NotRequired[Annotated[int, Json("Only messages with a larger id.", minimum=0, maximum=2**62)]]
     limit: NotRequired[Annotated[int, Json("At most this many (default 100).", minimum=0, maximum=500)]]
     name: NotRequired[Annotated[str, Json("Only mail from or to this mailbox.")]]
     peer: NotRequired[Annotated[str, Json("With name: only mail between the two.")]]
@@ -259,6 +259,19 @@ FeedMessage = TypedDict(
 class FeedResponse(TypedDict):
     messages: list[FeedMessage]
     last: int | None
+
+
+def feed_json(message: Any) -> FeedMessage:
+    """A message as people see it (GET /v1/feed): both ends, and whether its recipient has read it."""
+    return {
+        "id": message.id,
+        "from": message.sender,
+        "to": message.recipient,
+        "body": message.body,
+        "createdAt": message.created_at,
+        "deliveredAt": message.delivered_at,
+        "read": message.delivered_at is not None,
+    }
 
 
 class Health(TypedDict):

@@ -1,6 +1,6 @@
-"""The daemon's HTTP app: builds it (REST routes from rest.py, MCP at /mcp, the web page from
-webui.py), guards every request (Host, Origin, content type), gives every error one shape, runs
-the background jobs and serves until a signal.
+"""The daemon's HTTP app: builds it around the route table (routes.py: REST, MCP at /mcp, the web
+page), guards every request (Host, Origin, content type, token, rate), gives every error one
+shape, runs the background jobs and serves until a signal.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import http_exceptions, web
 
-from claude_mailbox import __version__, auth, fsutil, listen, logfilter, paths, rest, webui
+from claude_mailbox import __version__, auth, fsutil, listen, logfilter, paths, rest, routes
 from claude_mailbox.config import Config
 from claude_mailbox.errors import (
     Forbidden,
@@ -36,6 +36,7 @@ from claude_mailbox.errors import (
     RequestTimeout,
     Unauthorized,
     UnsupportedMediaType,
+    error_body,
 )
 from claude_mailbox.integrity import IntegrityMonitor
 from claude_mailbox.limits import LIMITS, DaemonRunner, Limits, open_file_limit, spend_rate
@@ -44,7 +45,6 @@ from claude_mailbox.service import MailboxService
 CONFIG = web.AppKey("config", Config)
 TOKEN = web.AppKey("token", tuple)  # (the token, its file), or () with auth = "none"
 INTEGRITY = web.AppKey("integrity", IntegrityMonitor)
-MCP = web.AppKey("mcp", asyncio.Future)  # the MCP endpoint, once the SDK is imported (see _run_mcp)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
@@ -57,12 +57,14 @@ log = logging.getLogger("claude_mailbox")
 
 def error_response(error: MailboxError) -> web.Response:
     """The one error shape of the REST surface: {"error": {"code", "message"}}."""
-    response = web.json_response({"error": {"code": error.code, "message": error.message}}, status=error.http_status)
+    response = web.json_response(error_body(error), status=error.http_status)
     if error.retry_after is not None:
         # Rounded up: a client that waits exactly this long must not be refused again.
         response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     if isinstance(error, Overloaded):
         response.force_close()  # a refused long-poll must give its connection (a file descriptor) back
+    if isinstance(error, MethodNotAllowed) and error.allow:
+        response.headers["Allow"] = error.allow  # a 405 must say which methods are allowed (RFC 9110)
     if error.http_status == 401:
         response.headers["WWW-Authenticate"] = f'{auth.SCHEME} realm="claude-mailbox"'
     return response
@@ -85,8 +87,10 @@ async def front_door(request: web.Request, handler: Handler) -> web.StreamRespon
             await response.write_eof()
             request.protocol.force_close()  # no lingering read of the rest of a trickled body
             return response
-        authenticate(request)
-        spend_rate(request)
+        operation = routes.operation_of(request)
+        authenticate(request, operation is not None and operation.public)
+        if await routes.spends_send_budget(request, operation):
+            spend_rate(request)
         return await handler(request)
     except MailboxError as exc:
         return error_response(exc)
@@ -99,12 +103,9 @@ async def front_door(request: web.Request, handler: Handler) -> web.StreamRespon
             405: f"{request.method} is not allowed on {request.path}",
             413: "request body too large",
         }.get(exc.status, exc.reason)
-        error = error_type(message)
+        error = MethodNotAllowed(message, allow=exc.headers["Allow"]) if exc.status == 405 else error_type(message)
         error.http_status = exc.status  # keep aiohttp's status (e.g. 500), only the body changes
-        response = error_response(error)
-        if "Allow" in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
-            response.headers["Allow"] = exc.headers["Allow"]
-        return response
+        return error_response(error)
     except ConnectionError:
         raise  # the client went away: nobody to answer
     except Exception:
@@ -151,20 +152,13 @@ def guard(request: web.Request) -> None:
             raise UnsupportedMediaType("POST bodies must be JSON (Content-Type: application/json)")
 
 
-def _public(request: web.Request) -> bool:
-    """What answers without the token: /health (is it up, which version) and the web page's static
-    shell, which holds no data (its API calls carry the token it takes from the URL fragment)."""
-    if request.method not in ("GET", "HEAD"):
-        return False
-    return request.path in ("/health", "/") or request.path.startswith("/static/")
-
-
-def authenticate(request: web.Request) -> None:
-    """Every other route needs `Authorization: Bearer <token>` (issue 12.1): a loopback port has no
-    file permissions, the token file has. Unknown paths answer 401 too, so nothing is learnt
-    without the token."""
+def authenticate(request: web.Request, public: bool) -> None:
+    """Every route but the public ones (routes.py: /health, and the page's static shell, which holds
+    no data) needs `Authorization: Bearer <token>` (issue 12.1): a loopback port has no file
+    permissions, the token file has. Unknown paths answer 401 too, so nothing is learnt without
+    the token."""
     token = request.app[TOKEN]
-    if token and not _public(request) and not auth.matches(request.headers.get("Authorization"), token[0]):
+    if token and not public and not auth.matches(request.headers.get("Authorization"), token[0]):
         how = (
             f'send "Authorization: Bearer <token>" with the token in {token[1]} '
             f'(curl -H "Authorization: Bearer $(cat {token[1]})"; clients read it or $CLAUDE_MAILBOX_TOKEN)'
@@ -188,17 +182,6 @@ async def _read_body(request: web.Request, seconds: float) -> bool:
     return True
 
 
-async def mcp_post(request: web.Request) -> web.StreamResponse:
-    endpoint = await asyncio.shield(request.app[MCP])  # early requests wait for the SDK's import
-    return await endpoint.handle(request)
-
-
-async def mcp_not_allowed(request: web.Request) -> web.Response:
-    response = error_response(MethodNotAllowed("the MCP endpoint is stateless: only POST is supported"))
-    response.headers["Allow"] = "POST"
-    return response
-
-
 # --- the app -----------------------------------------------------------------------------------
 
 
@@ -208,14 +191,15 @@ async def _version_header(request: web.Request, response: web.StreamResponse) ->
     response.headers[VERSION_HEADER] = __version__
 
 
-def make_app(config: Config, data_dir: Path | None = None) -> web.Application:
-    """`data_dir`: where the token lives (default: the data dir); created there at the first start."""
+def make_app(config: Config, service: MailboxService | None = None, data_dir: Path | None = None) -> web.Application:
+    """The app around `service` (default: a new one on `config`; tests pass their own).
+    `data_dir`: where the token lives (default: the data dir); created there at the first start."""
     app = web.Application(
         # The rate limit counts only requests that have the token (the connection cap is in limits.py).
         middlewares=[front_door],
         client_max_size=config.max_request_bytes,
     )
-    service = MailboxService(config)
+    service = service or MailboxService(config)
     app[CONFIG] = config
     app[LIMITS] = limits = Limits.from_config(config, open_file_limit())
     service.waiters.capacity, limits.waiters = limits.max_watchers, service.waiters
@@ -228,21 +212,18 @@ def make_app(config: Config, data_dir: Path | None = None) -> web.Application:
         app[TOKEN] = (auth.ensure_token(home), auth.token_path(home))
     else:
         app[TOKEN] = ()
-    rest.add_routes(app, service)
+    app[rest.SERVICE] = service
+    routes.add_routes(app)
     app.cleanup_ctx.append(_service_lifecycle)
     app.on_response_prepare.append(_version_header)
-    app.router.add_post("/mcp", mcp_post)
-    app.router.add_get("/mcp", mcp_not_allowed)
-    app.router.add_delete("/mcp", mcp_not_allowed)
-    webui.add_routes(app, service)  # the page at / and GET /v1/feed (issue 14)
     return app
 
 
 async def _service_lifecycle(app: web.Application) -> AsyncIterator[None]:
     service = app[rest.SERVICE]
     await service.open()
-    app[MCP] = asyncio.get_running_loop().create_future()
-    mcp = asyncio.create_task(_run_mcp(service, app[MCP]))
+    app[routes.MCP] = asyncio.get_running_loop().create_future()
+    mcp = asyncio.create_task(_run_mcp(service, app[routes.MCP]))
     tasks = [asyncio.create_task(_every(CHECKPOINT_INTERVAL, service.checkpoint))]
     if INTEGRITY in app:
         app[INTEGRITY].opened()
