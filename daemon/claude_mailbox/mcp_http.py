@@ -32,13 +32,11 @@ from claude_mailbox import __version__
 from claude_mailbox import mcp_sdk as sdk
 from claude_mailbox.errors import InvalidInput, MailboxError, error_body
 from claude_mailbox.rest import caller_from_headers
-from claude_mailbox.service import Caller, MailboxService
-from claude_mailbox.store import Lease
+from claude_mailbox.service import Caller, Delivery, MailboxService
 from claude_mailbox.tools import TOOLS, TOOLS_BY_NAME, check_arguments
 
 log = logging.getLogger(__name__)
 
-LEASES_KEY = "claude_mailbox.leases"  # ASGI scope key: the leases of mail in this request's answer
 INSTRUCTIONS = (
     "claude-mailbox lets parallel Claude Code sessions leave each other messages. Your own mailbox name is "
     "announced at session start; omit `from`/`name` to act as yourself."
@@ -73,9 +71,6 @@ def build_server(service: MailboxService) -> Server[Any]:
         if tool is None:
             return _tool_error(InvalidInput(f"unknown tool {params.name!r}; the tools are {', '.join(TOOLS_BY_NAME)}"))
         caller = caller_from_headers(ctx.request.headers) if ctx.request is not None else Caller()
-        leases = ctx.request.scope.get(LEASES_KEY) if ctx.request is not None else None
-        if isinstance(leases, list):
-            caller = dataclasses.replace(caller, leases=leases)
         try:
             arguments = dict(params.arguments or {})
             check_arguments(tool, arguments)
@@ -114,8 +109,8 @@ def _tool_error(error: MailboxError) -> types.CallToolResult:
 
 @dataclasses.dataclass
 class _Exchange:
+    delivery: Delivery  # its `written`: the answer reached the socket, the mail in it may be acknowledged
     response: web.StreamResponse | None = None
-    written: bool = False  # the answer reached the socket: the mail in it may be acknowledged
 
 
 class McpEndpoint:
@@ -146,10 +141,8 @@ class McpEndpoint:
         """Answer one POST: directly when it is a hot, well-formed request, else through the manager."""
         body = await request.read()
         scope = _scope(request)
-        leases: list[Lease] = []  # mail in this answer: acknowledged only once the answer is written
-        scope[LEASES_KEY] = leases
-        exchange = _Exchange()
-        try:
+        async with self.service.delivering() as delivery:  # check_inbox's mail: acknowledged once written
+            exchange = _Exchange(delivery)
             answer = await self._answer_directly(body, scope) if self.fast_path else None
             if answer is not None:
                 self.fast_answers += 1
@@ -158,9 +151,6 @@ class McpEndpoint:
                 await _write(request, response, exchange)
             else:
                 await self._relay(request, body, scope, exchange)
-        finally:
-            for lease in leases:
-                await asyncio.shield(self.service.settle(lease, written=exchange.written))
         if exchange.response is None:
             raise web.HTTPInternalServerError(text="the MCP handler sent no response")
         return exchange.response
@@ -170,7 +160,7 @@ class McpEndpoint:
 
         Only the checks that can pass are made here; a request that fails any of them is the manager's
         to refuse, in its own words."""
-        http = Request(scope)  # what the SDK hands the tools as `ctx.request` (the leases ride its scope)
+        http = Request(scope)  # what the SDK hands the tools as `ctx.request`
         content_type = http.headers.get("content-type", "")
         if (
             len(body) > self.manager.max_request_body_size
@@ -303,7 +293,7 @@ async def _write(request: web.Request, response: web.StreamResponse, exchange: _
     with contextlib.suppress(ConnectionError):  # the client hung up: its leases go back
         await response.prepare(request)
         await response.write_eof()
-        exchange.written = True
+        exchange.delivery.written = True
 
 
 def _scope(request: web.Request) -> dict[str, Any]:

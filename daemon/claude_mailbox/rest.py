@@ -4,7 +4,6 @@ calls the service, answers JSON (or, for hooks, the text hookapi.py renders).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Callable
@@ -15,8 +14,8 @@ from aiohttp import web
 from claude_mailbox import __version__, hookapi, identity, schemas
 from claude_mailbox.errors import IdentityMismatch, IdentityRequired, InvalidInput, NotFound
 from claude_mailbox.schemas import mailbox_json
-from claude_mailbox.service import Caller, MailboxService
-from claude_mailbox.store import FeedFilter, Lease
+from claude_mailbox.service import Caller, Delivery, MailboxService
+from claude_mailbox.store import FeedFilter
 
 SERVICE = web.AppKey("service", MailboxService)
 
@@ -123,11 +122,12 @@ async def check_inbox(request: web.Request) -> web.StreamResponse:
     await _json_object(request)
     budget = int(_number(query, schemas.CheckInboxQuery, "maxChars", 0)) or None
     manual = _manual_ack(query)
-    lease = await service.take(name, budget)
-    body: dict[str, Any] = {"messages": [m.to_json() for m in lease.messages], "remaining": lease.remaining}
-    if manual:
-        body.update(leaseId=lease.id, leaseExpiresAt=lease.expires_at)
-    return await _deliver(request, service, json.dumps(body).encode(), lease, "application/json", manual=manual)
+    async with service.delivering(manual=manual) as delivery:
+        lease = await service.take(name, budget)
+        body: dict[str, Any] = {"messages": [m.to_json() for m in lease.messages], "remaining": lease.remaining}
+        if manual:
+            body.update(leaseId=lease.id, leaseExpiresAt=lease.expires_at)
+        return await _write(request, delivery, json.dumps(body).encode(), "application/json")
 
 
 async def ack(request: web.Request) -> web.Response:
@@ -156,47 +156,31 @@ async def watch(request: web.Request) -> web.StreamResponse:
     service.require_owner(name, request.headers.get("X-Mailbox"))
     timeout = _number(query, schemas.WatchQuery, "timeout", 25.0)
     manual = _manual_ack(query)
-    result = await service.watch(name, timeout, still_connected=_connected(request))
-    body: dict[str, Any] = {
-        "event": result.event,
-        "messages": [m.to_json() for m in result.messages],
-        "newName": result.new_name,
-    }
-    if manual and result.lease is not None:
-        body.update(leaseId=result.lease.id, leaseExpiresAt=result.lease.expires_at)
-    return await _deliver(request, service, json.dumps(body).encode(), result.lease, "application/json", manual=manual)
+    async with service.delivering(manual=manual) as delivery:
+        result = await service.watch(name, timeout, still_connected=_connected(request))
+        body: dict[str, Any] = {
+            "event": result.event,
+            "messages": [m.to_json() for m in result.messages],
+            "newName": result.new_name,
+        }
+        if manual and result.lease is not None:
+            body.update(leaseId=result.lease.id, leaseExpiresAt=result.lease.expires_at)
+        return await _write(request, delivery, json.dumps(body).encode(), "application/json")
 
 
-async def _deliver(
-    request: web.Request,
-    service: MailboxService,
-    body: bytes,
-    lease: Lease | None,
-    content_type: str,
-    *,
-    manual: bool = False,
-    **headers: str,
+async def _write(
+    request: web.Request, delivery: Delivery, body: bytes, content_type: str, **headers: str
 ) -> web.StreamResponse:
-    """Write a response that carries leased mail. Unless the reader acknowledges it itself
-    (`manual`), the lease is acknowledged once the whole answer is written; if the write fails,
-    the mail goes back to the inbox at once."""
+    """Write an answer that may carry leased mail, and mark the delivery written once all of it
+    reached the socket (see MailboxService.delivering: anything short of that gives the mail back)."""
     response = web.StreamResponse(status=200, headers={"Content-Type": content_type, **headers})
     response.content_length = len(body)
-    if lease is not None and not manual:
-        service.settle_later(lease)
-    try:
-        if not _connected(request)():
-            raise ConnectionResetError("client went away")
-        await response.prepare(request)
-        await response.write(body)
-        await response.write_eof()
-    except BaseException:  # not written (client gone, cancelled, anything): the mail goes back now
-        await asyncio.shield(service.settle(lease, written=False))
-        raise
-    if not manual:
-        # Shielded: a client that closes its connection once it has the answer cancels this handler,
-        # and an interrupted acknowledgement would hand the same mail out again after the lease.
-        await asyncio.shield(service.settle(lease, written=True))
+    if not _connected(request)():
+        raise ConnectionResetError("client went away")
+    await response.prepare(request)
+    await response.write(body)
+    await response.write_eof()
+    delivery.written = True
     return response
 
 
@@ -204,25 +188,24 @@ async def hook(request: web.Request) -> web.StreamResponse:
     """Claude Code hooks relay their stdin here and print what comes back (see hookrelay.py)."""
     service = request.app[SERVICE]
     _query(request, schemas.NoQuery)
-    reply = await hookapi.handle(
-        service,
-        request.match_info["event"],
-        await request.read(),
-        _caller(request),
-        request.headers.get("X-Mailbox-Prefix") or None,
-        _connected(request),
-    )
-    stream = "stderr" if reply.stderr else "stdout"
-    text = reply.stderr or reply.stdout
-    headers = {"X-Hook-Stream": stream, "X-Hook-Exit": str(reply.exit_code)}
     # A relay that says it acknowledges (after printing the mail) gets the lease to do so.
-    lease = reply.lease
-    manual = request.headers.get("X-Mailbox-Ack") == "manual" and lease is not None and lease.id is not None
-    if manual and lease is not None and lease.id is not None:
-        headers.update({"X-Mailbox-Lease": lease.id, "X-Mailbox-Lease-Name": lease.mailbox})
-    return await _deliver(
-        request, service, text.encode("utf-8"), lease, "text/plain; charset=utf-8", manual=manual, **headers
-    )
+    manual = request.headers.get("X-Mailbox-Ack") == "manual"
+    async with service.delivering(manual=manual) as delivery:
+        reply = await hookapi.handle(
+            service,
+            request.match_info["event"],
+            await request.read(),
+            _caller(request),
+            request.headers.get("X-Mailbox-Prefix") or None,
+            _connected(request),
+        )
+        stream = "stderr" if reply.stderr else "stdout"
+        headers = {"X-Hook-Stream": stream, "X-Hook-Exit": str(reply.exit_code)}
+        lease = reply.lease
+        if manual and lease is not None and lease.id is not None:
+            headers.update({"X-Mailbox-Lease": lease.id, "X-Mailbox-Lease-Name": lease.mailbox})
+        text = reply.stderr or reply.stdout
+        return await _write(request, delivery, text.encode("utf-8"), "text/plain; charset=utf-8", **headers)
 
 
 async def collaborate(request: web.Request) -> web.Response:

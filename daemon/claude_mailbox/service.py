@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from claude_mailbox import identity, liveness
@@ -67,9 +68,21 @@ class Caller:
 
     header_name: str | None = None  # X-Mailbox
     claude_pid: int | None = None  # X-Mailbox-Claude-Pid (MCP headersHelper, hooks)
-    # Leases of mail in the answer being built, acknowledged by the transport once it has written the
-    # answer (MCP); None: acknowledge at once.
-    leases: list[Lease] | None = None
+
+
+@dataclass
+class Delivery:
+    """One answer that may carry leased mail (see MailboxService.delivering). The transport sets
+    `written` once the whole answer reached the socket."""
+
+    manual: bool = False  # the reader acknowledges itself (ack=manual, the hook relay)
+    leases: list[Lease] = field(default_factory=list)
+    written: bool = False
+
+
+# The answer the current request is building: `take` files its lease there, in whichever task the
+# transport runs the handler (the MCP SDK's tasks inherit it).
+_DELIVERY: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar("claude_mailbox_delivery", default=None)
 
 
 @dataclass(frozen=True)
@@ -139,7 +152,7 @@ class MailboxService:
         self._store: MailboxStore | None = None
         self.host_id = config.host_id or socket.gethostname()
         # Answers being written that the daemon acknowledges afterwards (ack=auto): mailbox -> lease
-        # id -> set once settled. Reads of that mailbox wait for them (see settle_later).
+        # id -> set once settled. Reads of that mailbox wait for them (see _settle_later).
         self._settling: dict[str, dict[str, asyncio.Event]] = {}
         self._background: set[asyncio.Task[None]] = set()  # kept referenced until done
 
@@ -253,6 +266,11 @@ class MailboxService:
         if lease.id is not None:
             # If it is never acknowledged, its mail comes back: wake whoever waits for it then.
             asyncio.get_running_loop().call_later(seconds + 0.05, self._lease_ran_out, name)
+            delivery = _DELIVERY.get()
+            if delivery is not None:
+                delivery.leases.append(lease)
+                if not delivery.manual:
+                    self._settle_later(lease)
         return lease
 
     def _lease_ran_out(self, name: str) -> None:
@@ -273,10 +291,31 @@ class MailboxService:
             raise InvalidInput("leaseId must be the lease id a check answered with")
         return await self.store.ack(name, lease_id)
 
-    def settle_later(self, lease: Lease) -> None:
-        """Before writing an answer that carries `lease` and is acknowledged by `settle` once written:
-        until then, reads of the mailbox wait, so the reader's next request (a peek right after its
-        check) never sees that mail as still pending."""
+    @contextlib.asynccontextmanager
+    async def delivering(self, *, manual: bool = False) -> AsyncIterator[Delivery]:
+        """The one way leased mail is handed out (REST, MCP, hooks): every lease `take` makes inside
+        is acknowledged once the transport marks the answer written, or, `manual`, left for the
+        reader's own ack; an answer that was not written gives its mail back at once."""
+        delivery = Delivery(manual)
+        token = _DELIVERY.set(delivery)
+        try:
+            yield delivery
+        finally:
+            _DELIVERY.reset(token)
+            # Shielded: a client that closes its connection once it has the answer cancels the
+            # handler, and an interrupted acknowledgement would hand the same mail out again.
+            await asyncio.shield(self._settle_all(delivery))
+
+    async def _settle_all(self, delivery: Delivery) -> None:
+        if delivery.manual and delivery.written:
+            return  # the reader acknowledges what it got
+        for lease in delivery.leases:
+            await self._settle(lease, written=delivery.written)
+
+    def _settle_later(self, lease: Lease) -> None:
+        """Before writing an answer that carries `lease` and is acknowledged once written: until then,
+        reads of the mailbox wait, so the reader's next request (a peek right after its check) never
+        sees that mail as still pending."""
         if lease.id is not None:
             self._settling.setdefault(lease.mailbox, {})[lease.id] = asyncio.Event()
 
@@ -288,11 +327,11 @@ class MailboxService:
                     for event in events:
                         await event.wait()
 
-    async def settle(self, lease: Lease | None, written: bool) -> None:
+    async def _settle(self, lease: Lease, written: bool) -> None:
         """After an answer carrying `lease`: acknowledge it if it was written, else give its mail back."""
-        if lease is None or lease.id is None:
-            return
         lease_id = lease.id
+        if lease_id is None:
+            return
         try:
             if written:
                 with contextlib.suppress(LeaseNotFound):  # expired meanwhile: its mail comes again
@@ -574,9 +613,9 @@ class MailboxService:
     ) -> FeedPage:
         """Mail for people watching (store.feed), long-polled: with `after_id` and `wait`, answer as
         soon as newer matching mail is stored, else after `wait` seconds with none. Reads only."""
-        for value, field in ((only.name, "name"), (only.peer, "peer")):
+        for value, what in ((only.name, "name"), (only.peer, "peer")):
             if value is not None:
-                identity.validate_name(value, field)
+                identity.validate_name(value, what)
         if only.peer is not None and only.name is None:
             raise InvalidInput("peer needs name (the conversation between name and peer)")
         deadline = time.monotonic() + max(0.0, min(wait, MAX_WATCH_SECONDS))

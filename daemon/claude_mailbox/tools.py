@@ -49,12 +49,7 @@ MCP_EXPANSION = 3
 
 async def check_inbox(service: MailboxService, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
     name = await service.own_inbox(args.get("name"), caller)
-    lease = await service.take(name, expansion=MCP_EXPANSION)
-    if caller.leases is not None:
-        service.settle_later(lease)
-        caller.leases.append(lease)  # acknowledged once the transport has written the result
-    else:
-        await service.settle(lease, written=True)
+    lease = await service.take(name, expansion=MCP_EXPANSION)  # acknowledged once the result is written
     result: dict[str, Any] = {
         "name": name,
         "messages": [m.to_json() for m in lease.messages],
