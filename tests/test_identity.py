@@ -90,3 +90,21 @@ def test_every_derived_name_is_valid() -> None:
 def test_validate_name_rejects(bad: object) -> None:
     with pytest.raises(InvalidInput):
         identity.validate_name(bad)
+
+
+def test_the_name_rule_is_written_once() -> None:
+    """Issue 19.5: validate_name, the JSON Schemas and the OpenAPI document share identity.py's rule."""
+    import re
+
+    from claude_mailbox import openapi, schemas
+
+    assert schemas.NAME_RE is identity.NAME_REGEX
+    assert openapi.NAME["pattern"] is identity.NAME_REGEX and openapi.NAME["maxLength"] == identity.NAME_MAX
+    for name in ("a", "A.b_c-9", "x" * 64):
+        assert identity.validate_name(name) == name and re.fullmatch(identity.NAME_REGEX, name)
+    for bad in ("", "x" * 65, "a b", "bob\n", "é"):
+        with pytest.raises(InvalidInput):
+            identity.validate_name(bad)
+        # The schema's pattern refuses it too (ECMA-262 "$" is the end of the text; Python's also
+        # matches before a final newline, hence fullmatch in validate_name).
+        assert re.fullmatch(identity.NAME_REGEX, bad) is None

@@ -10,8 +10,13 @@ import re
 
 from claude_mailbox.errors import InvalidInput
 
+# The mailbox-name rule, once: validate_name, the JSON Schemas (schemas.py) and the OpenAPI
+# document (openapi.py) all read it from here.
 NAME_MAX = 64
-NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+NAME_CHARACTERS = "A-Za-z0-9._-"
+NAME_REGEX = f"^[{NAME_CHARACTERS}]{{1,{NAME_MAX}}}$"  # JSON Schema `pattern`
+OPTIONAL_NAME_REGEX = f"^([{NAME_CHARACTERS}]{{1,{NAME_MAX}}})?$"  # a name, or empty (the same as absent)
+NAME_PATTERN = re.compile(NAME_REGEX)
 DEFAULT_PREFIX = "claude"
 _PREFIX_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _HEX_DIGITS = 8
@@ -23,7 +28,7 @@ def validate_name(name: object, field: str = "name") -> str:
         raise InvalidInput(f"{field} must be a string")
     if not name:
         raise InvalidInput(f"{field} must not be empty")
-    if not NAME_PATTERN.fullmatch(name):
+    if not NAME_PATTERN.fullmatch(name):  # fullmatch: "$" alone would let a trailing newline in
         raise InvalidInput(f"{field} must be 1 to {NAME_MAX} characters from A-Z, a-z, 0-9, '.', '_' and '-'")
     return name
 

@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from claude_mailbox import hookapi, schemas, webui
+from claude_mailbox import hookapi, identity, schemas, webui
 
-NAME = {"type": "string", "pattern": schemas.NAME_RE}
+NAME = {"type": "string", **schemas.NAME_KEYWORDS}
 PUBLIC: list[dict[str, Any]] = []  # `security` of the routes that need no token
 LONG_POLL = "long-poll"  # tag: the answer may be held for minutes (schemathesis leaves these out)
 MCP_TAG = "mcp"  # tag: JSON-RPC, the MCP SDK's protocol (tests/test_mcp.py covers it)
@@ -70,7 +70,7 @@ OPTIONAL_CALLER = header(
     "X-Mailbox",
     False,
     "The caller's mailbox (registers its presence; empty: the same as absent).",
-    {"type": "string", "pattern": "^([A-Za-z0-9._-]{1,64})?$"},
+    {"type": "string", "pattern": identity.OPTIONAL_NAME_REGEX},
 )
 HOOK_TEXT = {"X-Hook-Stream": "stdout or stderr: where the hook prints the body", "X-Hook-Exit": "the hook's exit code"}
 

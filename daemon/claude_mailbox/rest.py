@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from claude_mailbox import __version__, hookapi, identity, schemas
-from claude_mailbox.errors import IdentityMismatch, IdentityRequired, InvalidInput, NotFound
+from claude_mailbox.errors import InvalidInput, NotFound
 from claude_mailbox.schemas import mailbox_json
 from claude_mailbox.service import Caller, Delivery, MailboxService
 from claude_mailbox.store import FeedFilter
@@ -89,9 +89,9 @@ async def send(request: web.Request) -> web.Response:
     payload = await _json_object(request, schemas.SendRequest)
     if "X-Mailbox" in request.headers:  # a malformed identity is an error even when `from` overrides it
         identity.validate_name(request.headers["X-Mailbox"], "X-Mailbox header")
-    sender = await service.resolve_caller(payload.get("from"), _caller(request), "from")
     schemas.require_fields(schemas.SendRequest, payload)
-    sent = await service.send(sender, payload["to"], payload["body"], request.headers.get("Idempotency-Key"))
+    key = request.headers.get("Idempotency-Key")
+    sent = await service.send(payload.get("from"), payload["to"], payload["body"], key, _caller(request))
     message = sent.message
     return web.json_response(
         {"id": message.id, "from": message.sender, "to": message.recipient, "createdAt": message.created_at},
@@ -265,13 +265,8 @@ async def forget(request: web.Request) -> web.Response:
     _query(request, schemas.NoQuery)
     payload = await _json_object(request, schemas.ForgetRequest)
     schemas.require_fields(schemas.ForgetRequest, payload)
-    name = identity.validate_name(payload["name"], "name")
-    header = request.headers.get("X-Mailbox") or None
-    if header is None:
-        raise IdentityRequired("the X-Mailbox header is required and must equal `name`")
-    if header != name:
-        raise IdentityMismatch(f"X-Mailbox {header!r} may not forget the mailbox {name!r}")
-    forgotten = await request.app[SERVICE].forget(name)
+    name = payload["name"]
+    forgotten = await request.app[SERVICE].forget(name, request.headers.get("X-Mailbox"))
     return web.json_response({"name": name, "forgotten": forgotten})
 
 

@@ -14,9 +14,10 @@ from typing import Annotated, Any, Literal, NotRequired
 
 from typing_extensions import TypedDict
 
+from claude_mailbox import identity
 from claude_mailbox.errors import InvalidInput
 
-NAME_RE = "^[A-Za-z0-9._-]{1,64}$"
+NAME_RE = identity.NAME_REGEX
 # The daemon refuses a body that is only whitespace (Python's str.isspace): at least one other character.
 _SPACES = "".join(f"\\u{code:04x}" for code in range(0x3001) if chr(code).isspace())
 
@@ -34,7 +35,7 @@ class Json:
         return schema
 
 
-NAME_KEYWORDS: dict[str, Any] = {"pattern": NAME_RE, "maxLength": 64}
+NAME_KEYWORDS: dict[str, Any] = {"pattern": NAME_RE, "maxLength": identity.NAME_MAX}
 Name = Annotated[str, Json(**NAME_KEYWORDS)]
 Body = Annotated[
     str,
@@ -107,7 +108,7 @@ SendRequest = TypedDict(
         "from": NotRequired[
             Annotated[
                 str | None,
-                Json("The sender; default (also null or empty): X-Mailbox.", pattern="^([A-Za-z0-9._-]{1,64})?$"),
+                Json("The sender; default (also null or empty): X-Mailbox.", pattern=identity.OPTIONAL_NAME_REGEX),
             ]
         ],
     },

@@ -232,9 +232,12 @@ class MailboxService:
 
     # --- the four operations ----------------------------------------------------------------
 
-    async def send(self, sender: str, to: object, body: object, idempotency_key: object = None) -> Sent:
-        """Store a message; a repeat of an idempotency key (same sender, 24 h) answers the original."""
-        identity.validate_name(sender, "from")
+    async def send(
+        self, sender: object, to: object, body: object, idempotency_key: object = None, caller: Caller | None = None
+    ) -> Sent:
+        """Store a message from `sender` (else the caller's own mailbox, see resolve_caller); a repeat
+        of an idempotency key (same sender, 24 h) answers the original."""
+        sender = await self.resolve_caller(sender, caller or Caller(), "from")
         recipient = identity.validate_name(to, "to")
         text = validate_body(body, self.config.max_body_bytes)
         key = validate_idempotency_key(idempotency_key)
@@ -564,9 +567,11 @@ class MailboxService:
         cutoff = iso_before(older_than_days * 86400)
         return await self.store.prune(cutoff, dry_run=dry_run)
 
-    async def forget(self, name: str) -> bool:
-        """Remove a mailbox that only ever wrote to itself (see Store.forget_mailbox)."""
-        return await self.store.forget_mailbox(identity.validate_name(name))
+    async def forget(self, name: object, header_name: str | None) -> bool:
+        """Remove a mailbox that only ever wrote to itself (see Store.forget_mailbox); its owner asks."""
+        checked = identity.validate_name(name, "name")
+        self.require_owner(checked, header_name, "forget the mailbox")
+        return await self.store.forget_mailbox(checked)
 
     async def own_inbox(self, name: object, caller: Caller) -> str:
         """The inbox a consuming read may take: the caller's own (X-Mailbox, else its Claude Code
@@ -582,12 +587,12 @@ class MailboxService:
             raise IdentityMismatch(f"mailbox {own!r} may not read the inbox of {wanted!r}")
         return own
 
-    def require_owner(self, name: str, header_name: str | None) -> None:
-        """Consuming an inbox needs the X-Mailbox header to name it (the seed's rule)."""
+    def require_owner(self, name: str, header_name: str | None, doing: str = "read the inbox of") -> None:
+        """Consuming an inbox (or forgetting a mailbox) needs the X-Mailbox header to name it (the seed's rule)."""
         if not header_name:
             raise IdentityRequired("the X-Mailbox header is required and must equal `name`")
         if header_name != name:
-            raise IdentityMismatch(f"X-Mailbox {header_name!r} may not read the inbox of {name!r}")
+            raise IdentityMismatch(f"X-Mailbox {header_name!r} may not {doing} {name!r}")
 
     def info(self) -> dict[str, Any]:
         on_file = {} if self.config.database_url else {"dbPath": str(self.config.database)}

@@ -36,8 +36,7 @@ class Tool:
 
 
 async def send(service: MailboxService, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-    sender = await service.resolve_caller(args.get("from"), caller, "from")
-    sent = await service.send(sender, args.get("to"), args.get("body"), args.get("idempotencyKey"))
+    sent = await service.send(args.get("from"), args.get("to"), args.get("body"), args.get("idempotencyKey"), caller)
     message = sent.message
     result = {"id": message.id, "from": message.sender, "to": message.recipient, "createdAt": message.created_at}
     return {**result, "repeated": True} if sent.repeated else result
