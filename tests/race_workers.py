@@ -22,7 +22,8 @@ SENDER_CHUNK = 250  # the REST producers switch sender every 250 messages (per-s
 
 def _consume_function(mode: str, target: str) -> Callable[[], list[int]]:
     if mode == "store":
-        from claude_mailbox.store import LeaseTerms, Store
+        from claude_mailbox.model import LeaseTerms
+        from claude_mailbox.store import Store
 
         store = Store(Path(target), busy_timeout_ms=60_000)
 

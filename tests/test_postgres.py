@@ -24,7 +24,7 @@ import pytest
 
 import pgkit
 from claude_mailbox.errors import DaemonError, MailboxError, StoreUnavailable
-from claude_mailbox.store import IDEMPOTENCY_SECONDS, LeaseTerms, iso_before
+from claude_mailbox.model import IDEMPOTENCY_SECONDS, LeaseTerms, iso_before
 from conftest import Daemon
 from faultkit import write_config
 from pgkit import PgServer, SyncPgStore

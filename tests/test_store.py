@@ -14,19 +14,17 @@ import pytest
 
 from claude_mailbox.errors import LeaseNotFound, MailboxError, MailboxFull
 from claude_mailbox.hooktext import render_message
-from claude_mailbox.messages import Message
-from claude_mailbox.store import (
+from claude_mailbox.model import (
     IDEMPOTENCY_SECONDS,
-    MIGRATIONS,
-    SCHEMA_VERSION,
     FeedFilter,
     Lease,
     LeaseTerms,
+    Message,
     Registration,
-    Store,
     iso_before,
     now_iso,
 )
+from claude_mailbox.store import MIGRATIONS, SCHEMA_VERSION, Store
 from pgkit import SyncPgStore, pg_server  # noqa: F401 (pg_server: the session's PostgreSQL, a fixture)
 
 

@@ -31,9 +31,9 @@ from starlette.requests import Request
 from claude_mailbox import __version__
 from claude_mailbox import mcp_sdk as sdk
 from claude_mailbox.errors import MailboxError
+from claude_mailbox.model import Lease
 from claude_mailbox.rest import caller_from_headers
 from claude_mailbox.service import Caller, MailboxService
-from claude_mailbox.store import Lease
 from claude_mailbox.tools import TOOLS, TOOLS_BY_NAME, check_arguments
 
 log = logging.getLogger(__name__)

@@ -35,16 +35,19 @@ from typing import Any
 
 import asyncpg  # ships no type information: see [[tool.mypy.overrides]] in pyproject.toml
 
+from claude_mailbox import rowmap
 from claude_mailbox.config import redact_url
 from claude_mailbox.errors import LeaseNotFound, MailboxError, MailboxFull, StorageFull, StoreBusy, StoreUnavailable
-from claude_mailbox.messages import Message
-from claude_mailbox.store import (
-    _COST_SQL,
+from claude_mailbox.hooktext import RENDERED_OVERHEAD
+from claude_mailbox.model import (
     IDEMPOTENCY_SECONDS,
+    JSON_OVERHEAD,
+    Cost,
     FeedFilter,
     Lease,
     LeaseTerms,
     Mailbox,
+    Message,
     Registration,
     Rename,
     Sent,
@@ -58,8 +61,13 @@ from claude_mailbox.storeapi import RemoteWake
 log = logging.getLogger("claude_mailbox.pgstore")
 
 CHANNEL = "claude_mailbox"
-# store.py's budget costs; an id's digits are length(id::text) here (SQLite's length() takes integers).
-_COSTS = {name: sql.replace("length(m.id)", "length(m.id::text)") for name, sql in _COST_SQL.items()}
+# What a message costs against a budget (model.Cost), as in store.py; an id's digits are
+# length(id::text) here (SQLite's length() takes integers).
+_COSTS: dict[Cost, str] = {
+    "chars": "m.chars",
+    "rendered": f"m.quoted + length(m.sender) + length(m.id::text) + {RENDERED_OVERHEAD}",
+    "json": f"m.quoted + length(m.sender) + length(m.id::text) + {JSON_OVERHEAD}",
+}
 _MIGRATION_LOCK = 0x6D61696C  # pg_advisory_xact_lock key: one daemon migrates at a time
 LISTEN_RETRY_SECONDS = 1.0
 MAX_LEASED = 1000  # messages one read considers (a bigger inbox is read in pages, as max_bytes does)
@@ -218,10 +226,9 @@ _MIGRATIONS: list[str] = [
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-_SESSION_COLUMNS = (
-    "session_id, mailbox, claude_pid, pid_started, cwd, project_dir, source, started_at, ended_at, collaborate"
-)
-_MESSAGE_COLUMNS = "id, sender, recipient, body, created_at, delivered_at"
+_SESSION_COLUMNS = rowmap.SESSION_COLUMNS
+_MESSAGE_COLUMNS = rowmap.MESSAGE_COLUMNS
+_M_COLUMNS = ", ".join(f"m.{column}" for column in _MESSAGE_COLUMNS.split(", "))  # joined with another table
 
 
 class PgStore:
@@ -464,13 +471,13 @@ class PgStore:
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{sender}\n{idempotency_key}")
                 await conn.execute("DELETE FROM idempotency WHERE created_at < $1", iso_before(IDEMPOTENCY_SECONDS))
                 row = await conn.fetchrow(
-                    "SELECT m.id, m.sender, m.recipient, m.body, m.created_at, m.delivered_at FROM idempotency k"
-                    " JOIN messages m ON m.id = k.message_id WHERE k.sender = $1 AND k.key = $2",
+                    f"SELECT {_M_COLUMNS} FROM idempotency k JOIN messages m ON m.id = k.message_id"
+                    " WHERE k.sender = $1 AND k.key = $2",
                     sender,
                     idempotency_key,
                 )
                 if row is not None:
-                    return Sent(Message(*row), repeated=True)
+                    return Sent(rowmap.message(row), repeated=True)
             stored = await conn.fetchrow(
                 "SELECT o_id, o_target, o_pending FROM mailbox_send($1, $2, $3, $4, $5, $6, $7)", *args
             )
@@ -562,13 +569,7 @@ class PgStore:
         remaining = int(pending) - int(leased) - len(rows)
         if not rows:
             return Lease(None, name, None, [], max(0, remaining), oversized)
-        messages = sorted(
-            (
-                Message(int(i), sender, name, body, created, None, int(attempts))
-                for i, sender, body, created, attempts in rows
-            ),
-            key=lambda message: message.id,
-        )
+        messages = sorted((rowmap.leased(row, name) for row in rows), key=lambda message: message.id)
         return Lease(lease_id, name, expires_at, messages, max(0, remaining), oversized)
 
     async def ack(self, name: str, lease_id: str) -> int:
@@ -634,12 +635,12 @@ class PgStore:
     async def message(self, message_id: int) -> Message | None:
         async with self._tx() as conn:
             row = await conn.fetchrow(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1", message_id)
-        return Message(*row) if row else None
+        return rowmap.message(row) if row else None
 
     async def all_messages(self) -> list[Message]:
         async with self._tx() as conn:
             rows = await conn.fetch(f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY id")
-        return [Message(*row) for row in rows]
+        return [rowmap.message(row) for row in rows]
 
     async def prune(self, delivered_before: str, *, dry_run: bool = False) -> int:
         condition = "delivered_at IS NOT NULL AND delivered_at < $1"
@@ -668,7 +669,7 @@ class PgStore:
         async with self._tx() as conn:
             rows = await conn.fetch(
                 """
-                SELECT m.name, m.created_at, m.last_seen, coalesce(c.pending, 0), m.alias_of,
+                SELECT m.name, m.created_at, m.last_seen, m.alias_of, coalesce(c.pending, 0),
                        s.session_id, s.claude_pid, s.pid_started, s.project_dir, s.ended_at, s.collaborate,
                        s.host, h.beat_at
                 FROM mailboxes m
@@ -680,30 +681,9 @@ class PgStore:
                 ORDER BY m.last_seen DESC, m.name
                 """
             )
-        return [
-            Mailbox(
-                name=row[0],
-                created_at=row[1],
-                last_seen=row[2],
-                pending=int(row[3]),
-                alias_of=row[4],
-                session_id=row[5],
-                claude_pid=row[6],
-                pid_started=row[7],
-                project_dir=row[8],
-                ended_at=row[9],
-                collaborate=bool(row[10]),
-                host=row[11],
-                host_seen=row[12],
-            )
-            for row in rows
-        ]
+        return [rowmap.mailbox(row) for row in rows]
 
     # --- sessions ----------------------------------------------------------------------------
-
-    @staticmethod
-    def _session_from(row: Any) -> Session:
-        return Session(**{**dict(row), "collaborate": bool(row["collaborate"])})
 
     async def _session_where(self, condition: str, value: Any) -> Session | None:
         async with self._tx() as conn:
@@ -711,7 +691,7 @@ class PgStore:
                 f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {condition} ORDER BY started_at DESC, seq DESC LIMIT 1",
                 value,
             )
-        return self._session_from(row) if row else None
+        return rowmap.session(row) if row else None
 
     async def session(self, session_id: str) -> Session | None:
         return await self._session_where("session_id = $1", session_id)
@@ -813,7 +793,7 @@ class PgStore:
                 f" LIMIT {bind(limit)}",
                 *args,
             )
-        messages = [Message(*row) for row in rows]
+        messages = [rowmap.message(row) for row in rows]
         if order == "DESC":
             messages.reverse()
             return messages, newest

@@ -13,9 +13,9 @@ from aiohttp import web
 
 from claude_mailbox import __version__, hookapi, identity, openapi, schemas
 from claude_mailbox.errors import IdentityMismatch, IdentityRequired, InvalidInput, NotFound
+from claude_mailbox.model import Lease
 from claude_mailbox.schemas import mailbox_json
 from claude_mailbox.service import Caller, MailboxService
-from claude_mailbox.store import Lease
 
 SERVICE = web.AppKey("service", MailboxService)
 

@@ -32,20 +32,20 @@ from claude_mailbox.errors import (
     StoreBusy,
     StoreUnavailable,
 )
-from claude_mailbox.messages import Message
-from claude_mailbox.ratelimit import RateLimiter
-from claude_mailbox.store import (
+from claude_mailbox.model import (
     Cost,
     FeedFilter,
     Lease,
     LeaseTerms,
     Mailbox,
+    Message,
     Registration,
     Rename,
     Sent,
-    Store,
     iso_before,
 )
+from claude_mailbox.ratelimit import RateLimiter
+from claude_mailbox.store import Store
 from claude_mailbox.storeapi import MailboxStore, ThreadedStore
 from claude_mailbox.waiters import Waiter, WaiterRegistry, Wake
 

@@ -19,15 +19,13 @@ import errno
 import json
 import os
 import secrets
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import apsw
 
+from claude_mailbox import rowmap
 from claude_mailbox.errors import (
     LeaseNotFound,
     MailboxError,
@@ -36,132 +34,33 @@ from claude_mailbox.errors import (
     StoreBusy,
     StoreUnavailable,
 )
-from claude_mailbox.messages import Message
+from claude_mailbox.hooktext import RENDERED_OVERHEAD
+from claude_mailbox.model import (
+    IDEMPOTENCY_SECONDS,
+    JSON_OVERHEAD,
+    Cost,
+    FeedFilter,
+    Lease,
+    LeaseTerms,
+    Mailbox,
+    Message,
+    Registration,
+    Rename,
+    Sent,
+    Session,
+    iso_after,
+    iso_before,
+    now_iso,
+)
 
-
-def now_iso() -> str:
-    """UTC with milliseconds; lexicographic order is time order."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"  # 2x faster than strftime
-
-
-def iso_before(seconds: float) -> str:
-    moment = datetime.fromtimestamp(time.time() - seconds, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def iso_after(seconds: float) -> str:
-    return iso_before(-seconds)
-
-
-IDEMPOTENCY_SECONDS = 24 * 3600  # a repeated send with the same key within this window stores nothing
-ISO_LENGTH = len("2026-01-01T00:00:00.000Z")  # every created_at is now_iso()'s fixed-width form
-
-# What a message costs against a budget, in SQL over the pending index (no body is read):
-# "chars" the body's characters (maxChars, the seed's meaning); "rendered" one hook line
-# (hooktext.render_message + newline); "json" its bytes in a JSON answer (ensure_ascii, with the
-# delivery fields), so a page of them stays within max_response_bytes.
-Cost = Literal["chars", "rendered", "json"]
-_COST_SQL: dict[str, str] = {
+# What a message costs against a budget (model.Cost), from the body sizes kept in the pending index:
+# the per-message overheads are defined next to the text they measure.
+_COST_SQL: dict[Cost, str] = {
     "chars": "m.chars",
-    "rendered": f"m.quoted + length(m.sender) + length(m.id) + {len('Message # from  at : ') + ISO_LENGTH + 1}",
-    "json": "m.quoted + length(m.sender) + length(m.id) + 120",
+    "rendered": f"m.quoted + length(m.sender) + length(m.id) + {RENDERED_OVERHEAD}",
+    "json": f"m.quoted + length(m.sender) + length(m.id) + {JSON_OVERHEAD}",
 }
-
-
-@dataclass(frozen=True)
-class Lease:
-    """Messages handed out under a lease: delivered only when `ack` names `id` before `expires_at`."""
-
-    id: str | None  # None when nothing was taken (no lease to acknowledge)
-    mailbox: str
-    expires_at: str | None
-    messages: list[Message]
-    remaining: int  # pending and not under a live lease after this call (left for the next read)
-    oversized: int = 0  # of those, skipped because each alone exceeds the budget (skip_oversized)
-
-
-@dataclass(frozen=True)
-class Sent:
-    message: Message
-    repeated: bool  # an idempotency key seen within the window: the original, nothing new stored
-
-
-@dataclass(frozen=True)
-class Mailbox:
-    name: str
-    created_at: str
-    last_seen: str
-    pending: int
-    alias_of: str | None
-    session_id: str | None
-    claude_pid: int | None
-    pid_started: float | None
-    project_dir: str | None
-    ended_at: str | None
-    collaborate: bool
-    # PostgreSQL only (several machines): the host whose daemon registered the session, and when that
-    # daemon last said it is running (pgstore's heartbeat). None on SQLite: everything is this host.
-    host: str | None = None
-    host_seen: str | None = None
-
-
-@dataclass(frozen=True)
-class LeaseTerms:
-    """What a read asks of a store's `lease`: one value, so every store implementation names it once.
-
-    With a `budget`, messages are taken in order while their summed `cost` fits; the rest stay for
-    the next read. A first message that alone exceeds the budget is left too (for a reader without
-    that limit). With `skip_oversized`, messages that can never fit are stepped over and counted in
-    `oversized`. `limit` caps the count. `max_bytes` bounds the JSON answer (the first message is
-    always taken, so paging makes progress)."""
-
-    lease_seconds: float
-    budget: int | None = None
-    cost: Cost = "chars"
-    limit: int | None = None
-    skip_oversized: bool = False
-    max_bytes: int | None = None
-
-
-@dataclass(frozen=True)
-class Registration:
-    """What a SessionStart registers: one value, so every store implementation names it once."""
-
-    session_id: str
-    mailbox: str
-    claude_pid: int | None
-    pid_started: float | None
-    cwd: str | None
-    project_dir: str | None
-    source: str | None
-
-    def row(self) -> tuple[str, str, int | None, float | None, str | None, str | None, str | None]:
-        """The values in the sessions table's column order."""
-        return (
-            self.session_id,
-            self.mailbox,
-            self.claude_pid,
-            self.pid_started,
-            self.cwd,
-            self.project_dir,
-            self.source,
-        )
-
-
-@dataclass(frozen=True)
-class Session(Registration):
-    """A registered session: what its SessionStart said, and what happened since."""
-
-    started_at: str
-    ended_at: str | None
-    collaborate: bool
-
-
-@dataclass(frozen=True)
-class Rename:
-    old: str
-    new: str
-    moved: int  # pending messages moved to the new name
+_M_COLUMNS = ", ".join(f"m.{column}" for column in rowmap.MESSAGE_COLUMNS.split(", "))  # joined with another table
 
 
 # --- migrations: ordered, each idempotent, recorded in PRAGMA user_version ----------------------
@@ -582,11 +481,11 @@ class Store:
         db.execute("DELETE FROM idempotency WHERE created_at < ?", (iso_before(IDEMPOTENCY_SECONDS),))
         rows = _rows(
             db,
-            "SELECT m.id, m.sender, m.recipient, m.body, m.created_at, m.delivered_at FROM idempotency k"
-            " JOIN messages m ON m.id = k.message_id WHERE k.sender = ? AND k.key = ?",
+            f"SELECT {_M_COLUMNS} FROM idempotency k JOIN messages m ON m.id = k.message_id"
+            " WHERE k.sender = ? AND k.key = ?",
             (sender, key),
         )
-        return Message(*rows[0]) if rows else None
+        return rowmap.message(rows[0]) if rows else None
 
     @staticmethod
     def _pending_count(db: apsw.Connection, name: str) -> int:
@@ -650,9 +549,7 @@ class Store:
                 " JOIN messages m ON m.id = f.message_id WHERE f.lease_id = ? ORDER BY m.id",
                 (lease_id,),
             ).fetchall()
-        messages = [
-            Message(i, sender, name, body, created, None, attempts) for i, sender, body, created, attempts in rows
-        ]
+        messages = [rowmap.leased(row, name) for row in rows]
         return Lease(lease_id, name, expires_at, messages, max(0, remaining), oversized)
 
     def ack(self, name: str, lease_id: str) -> int:
@@ -712,19 +609,12 @@ class Store:
         return {name: int(count) for name, count in rows}
 
     def message(self, message_id: int) -> Message | None:
-        rows = self._read(
-            "SELECT id, sender, recipient, body, created_at, delivered_at FROM messages WHERE id = ?", (message_id,)
-        )
-        return Message(*rows[0]) if rows else None
+        rows = self._read(f"SELECT {rowmap.MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,))
+        return rowmap.message(rows[0]) if rows else None
 
     def all_messages(self) -> list[Message]:
         """Every message, for audits and the fault tests."""
-        return [
-            Message(*row)
-            for row in self._read(
-                "SELECT id, sender, recipient, body, created_at, delivered_at FROM messages ORDER BY id"
-            )
-        ]
+        return [rowmap.message(row) for row in self._read(f"SELECT {rowmap.MESSAGE_COLUMNS} FROM messages ORDER BY id")]
 
     def prune(self, delivered_before: str, *, dry_run: bool = False) -> int:
         """Delete delivered mail delivered before the given time. Pending mail is never pruned."""
@@ -765,65 +655,30 @@ class Store:
             ORDER BY m.last_seen DESC, m.name
             """
         )
-        return [
-            Mailbox(
-                name=name,
-                created_at=created_at,
-                last_seen=last_seen,
-                pending=int(pending),
-                alias_of=alias_of,
-                session_id=session_id,
-                claude_pid=claude_pid,
-                pid_started=pid_started,
-                project_dir=project_dir,
-                ended_at=ended_at,
-                collaborate=bool(collaborate),
-            )
-            for (
-                name,
-                created_at,
-                last_seen,
-                alias_of,
-                pending,
-                session_id,
-                claude_pid,
-                pid_started,
-                project_dir,
-                ended_at,
-                collaborate,
-            ) in rows
-        ]
+        return [rowmap.mailbox(row) for row in rows]
 
     # --- sessions ----------------------------------------------------------------------------
 
-    _SESSION_COLUMNS = (
-        "session_id, mailbox, claude_pid, pid_started, cwd, project_dir, source, started_at, ended_at, collaborate"
-    )
-
-    def _session_from(self, row: tuple[Any, ...]) -> Session:
-        *head, collaborate = row
-        return Session(*head, collaborate=bool(collaborate))  # type: ignore[misc]  # head: the 9 other columns
-
     def session(self, session_id: str) -> Session | None:
-        rows = self._read(f"SELECT {self._SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,))
-        return self._session_from(rows[0]) if rows else None
+        rows = self._read(f"SELECT {rowmap.SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,))
+        return rowmap.session(rows[0]) if rows else None
 
     def session_for_pid(self, claude_pid: int) -> Session | None:
         """The newest session of a Claude Code process (after /clear, the new one)."""
         rows = self._read(
-            f"SELECT {self._SESSION_COLUMNS} FROM sessions WHERE claude_pid = ? ORDER BY started_at DESC, rowid DESC"
+            f"SELECT {rowmap.SESSION_COLUMNS} FROM sessions WHERE claude_pid = ? ORDER BY started_at DESC, rowid DESC"
             " LIMIT 1",
             (claude_pid,),
         )
-        return self._session_from(rows[0]) if rows else None
+        return rowmap.session(rows[0]) if rows else None
 
     def session_for_mailbox(self, mailbox: str) -> Session | None:
         rows = self._read(
-            f"SELECT {self._SESSION_COLUMNS} FROM sessions WHERE mailbox = ? ORDER BY started_at DESC, rowid DESC"
+            f"SELECT {rowmap.SESSION_COLUMNS} FROM sessions WHERE mailbox = ? ORDER BY started_at DESC, rowid DESC"
             " LIMIT 1",
             (mailbox,),
         )
-        return self._session_from(rows[0]) if rows else None
+        return rowmap.session(rows[0]) if rows else None
 
     def register_session(self, start: Registration, rename_from: str | None = None) -> Rename | None:
         """Record a session start. With `rename_from` (after /clear), move that mailbox's pending mail
@@ -910,23 +765,13 @@ class Store:
             order = "ASC" if after_id is not None else "DESC"
             rows = _rows(
                 self.db,
-                "SELECT id, sender, recipient, body, created_at, delivered_at FROM messages"
+                f"SELECT {rowmap.MESSAGE_COLUMNS} FROM messages"
                 f" WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT :limit",
                 {"newest": newest, "after": after_id, "limit": limit, "name": name, "peer": peer, "since": since},
             )
-        messages = [Message(*row) for row in rows]
+        messages = [rowmap.message(row) for row in rows]
         if order == "DESC":
             messages.reverse()
             return messages, newest
         full_page = limit > 0 and len(messages) == limit
         return messages, messages[-1].id if full_page else max(newest, after_id or 0)
-
-
-@dataclass(frozen=True)
-class FeedFilter:
-    """Which mail a feed shows: `name` from or to it; with `peer` too, only between the two;
-    `since` created at or after (ISO, UTC)."""
-
-    name: str | None = None
-    peer: str | None = None
-    since: str | None = None

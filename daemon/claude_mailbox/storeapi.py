@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from claude_mailbox.dbthread import DbThread
-from claude_mailbox.messages import Message
-from claude_mailbox.store import FeedFilter, Lease, LeaseTerms, Mailbox, Registration, Rename, Sent, Session, Store
+from claude_mailbox.model import FeedFilter, Lease, LeaseTerms, Mailbox, Message, Registration, Rename, Sent, Session
+from claude_mailbox.store import Store
 
 # Called with (kind, mailbox, detail) when another daemon sharing the database stored mail for a
 # mailbox ("mail") or renamed one ("renamed", detail: the new name): wakes this daemon's waiters.

@@ -16,9 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from claude_mailbox.errors import InvalidInput, NotFound
-from claude_mailbox.messages import Message
+from claude_mailbox.model import FeedFilter, Message
 from claude_mailbox.service import MailboxService
-from claude_mailbox.store import FeedFilter
 
 FEED_LIMIT = 500  # messages per answer
 MAX_FEED_WAIT = 60.0  # seconds a feed long-poll may hold
