@@ -189,3 +189,56 @@ class Rename:
     old: str
     new: str
     moved: int  # pending messages moved to the new name
+
+
+# --- `import-sqlite`: one SQLite mailbox copied into PostgreSQL (setup/importer.py) -----------------
+
+
+@dataclass(frozen=True)
+class ImportSnapshot:
+    """A SQLite mailbox's rows, read under its write lock, for PgStore.import_copy."""
+
+    mailboxes: list[tuple[Any, ...]]  # name, created_at, last_seen, alias_of
+    # session_id, mailbox, claude_pid, pid_started, cwd, project_dir, source, started_at, ended_at,
+    # end_reason, collaborate
+    sessions: list[tuple[Any, ...]]
+    messages: list[tuple[Any, ...]]  # id, sender, recipient, body, created_at, delivered_at, attempts
+    keys: list[tuple[Any, ...]]  # sender, key, message_id, created_at
+
+
+@dataclass(frozen=True)
+class ImportMarker:
+    """The SQLite file's note of its import (its pg_import row): which database, since when, and
+    when the copy was known committed (None: unfinished)."""
+
+    import_id: str
+    database: str
+    started_at: str
+    finished_at: str | None
+
+
+@dataclass(frozen=True)
+class ImportCounts:
+    """What a copy put into PostgreSQL. `recovered`: an earlier run with the same id had committed
+    it already; nothing was copied this time."""
+
+    imported_at: str
+    mailboxes: int
+    sessions: int
+    pending: int
+    delivered: int
+    keys: int
+    recovered: bool = False
+
+
+@dataclass
+class ImportProgress:
+    """How far the PostgreSQL side of a copy got. `copying`: PostgreSQL had no copy under this id and
+    this run's transaction is writing one; a failure before `may_have_committed` certainly rolled it back."""
+
+    copying: bool = False
+    may_have_committed: bool = False
+
+    @property
+    def rolled_back(self) -> bool:
+        return self.copying and not self.may_have_committed

@@ -44,6 +44,9 @@ from claude_mailbox.model import (
     JSON_OVERHEAD,
     Cost,
     FeedFilter,
+    ImportCounts,
+    ImportProgress,
+    ImportSnapshot,
     Lease,
     LeaseTerms,
     Mailbox,
@@ -311,11 +314,6 @@ class PgStore:
                 f"lost the connection to PostgreSQL at {self.description} ({exc.__class__.__name__}); "
                 "nothing was saved by this request; the daemon reconnects on the next one"
             ) from None
-
-    def transaction(self) -> contextlib.AbstractAsyncContextManager[Any]:
-        """One pooled connection inside one transaction, failures as MailboxErrors: for set-up code
-        that writes many tables at once (setup/importer.py)."""
-        return self._tx()
 
     async def _migrate(self) -> None:
         async with self._tx() as conn:
@@ -799,3 +797,143 @@ class PgStore:
             return messages, newest
         full_page = limit > 0 and len(messages) == limit
         return messages, messages[-1].id if full_page else max(newest, after_id or 0)
+
+    # --- `import-sqlite` (setup/importer.py): one SQLite mailbox copied in, once ---------------------
+
+    async def import_copy(
+        self, import_id: str, snap: ImportSnapshot, source: str, progress: ImportProgress
+    ) -> ImportCounts:
+        """Copy a SQLite mailbox's rows in ONE transaction, noted in sqlite_imports under `import_id`
+        in that same transaction: a second run with the same id waits for this one, then copies nothing
+        and answers the first copy's counts (`recovered`). `progress` says how far it got, for the
+        caller's note in the SQLite file. A row PostgreSQL refuses rolls it all back (ImportRefused)."""
+        at = now_iso()
+        try:
+            async with self._tx() as conn:
+                fresh = await conn.fetchval(
+                    "INSERT INTO sqlite_imports (import_id, source, host, imported_at) VALUES ($1, $2, $3, $4)"
+                    " ON CONFLICT (import_id) DO NOTHING RETURNING 1",
+                    import_id,
+                    source,
+                    self.host,
+                    at,
+                )
+                if not fresh:
+                    progress.may_have_committed = True  # an earlier run's copy is there
+                    row = await conn.fetchrow(
+                        "SELECT imported_at, mailboxes, sessions, pending, delivered, keys FROM sqlite_imports"
+                        " WHERE import_id = $1",
+                        import_id,
+                    )
+                    imported_at, mailboxes, sessions, pending, delivered, keys = row
+                    return ImportCounts(
+                        imported_at, int(mailboxes), int(sessions), int(pending), int(delivered), int(keys), True
+                    )
+                progress.copying = True
+                mailboxes = await _copy_mailboxes(conn, snap)
+                sessions = await _copy_sessions(conn, snap, self.host)
+                new_ids = await _copy_messages(conn, snap)
+                keys = await _copy_keys(conn, snap, new_ids)
+                pending = sum(1 for row in snap.messages if row[5] is None)
+                counts = ImportCounts(at, mailboxes, sessions, pending, len(snap.messages) - pending, keys)
+                await conn.execute(
+                    "UPDATE sqlite_imports SET mailboxes = $2, sessions = $3, pending = $4, delivered = $5, keys = $6"
+                    " WHERE import_id = $1",
+                    import_id,
+                    mailboxes,
+                    sessions,
+                    counts.pending,
+                    counts.delivered,
+                    keys,
+                )
+                progress.may_have_committed = True  # from here the COMMIT may reach the server, whatever we hear
+        except asyncpg.PostgresError as exc:  # e.g. a value PostgreSQL cannot store; rolled back
+            raise ImportRefused(
+                f"PostgreSQL at {self.description} refused the copy, nothing was imported: "
+                f"{exc.__class__.__name__}: {exc}"
+            ) from None
+        return counts
+
+
+class ImportRefused(StoreUnavailable):
+    """PostgreSQL refused a row of an import: the whole copy was rolled back."""
+
+
+IMPORT_BATCH_ROWS = 5000  # rows per PostgreSQL command
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as one list per column, for unnest($1::type[], ...)."""
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+async def _copy_mailboxes(conn: Any, snap: ImportSnapshot) -> int:
+    # A name PostgreSQL already has (the same mailbox used on another machine) is merged: the earliest
+    # creation, the latest sighting; its alias stays as the shared database has it.
+    await conn.execute(
+        "INSERT INTO mailboxes (name, created_at, last_seen, alias_of)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
+        " ON CONFLICT (name) DO UPDATE SET created_at = least(mailboxes.created_at, excluded.created_at),"
+        " last_seen = greatest(mailboxes.last_seen, excluded.last_seen)",
+        # SQLite's sends read an empty alias as none (nullif); PostgreSQL's would follow it.
+        *_columns([(name, created, seen, alias or None) for name, created, seen, alias in snap.mailboxes], 4),
+    )
+    return len(snap.mailboxes)
+
+
+async def _copy_sessions(conn: Any, snap: ImportSnapshot, host: str) -> int:
+    # SQLite's loose typing: a pid start time may have been stored as an integer.
+    rows_in = [
+        (*row[:3], None if row[3] is None else float(row[3]), *row[4:10], int(row[10] or 0)) for row in snap.sessions
+    ]
+    rows = await conn.fetch(
+        "INSERT INTO sessions (session_id, mailbox, claude_pid, pid_started, cwd, project_dir, source, started_at,"
+        " ended_at, end_reason, collaborate, host)"
+        " SELECT *, $12::text FROM unnest($1::text[], $2::text[], $3::bigint[], $4::float8[], $5::text[],"
+        " $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int[])"
+        " ON CONFLICT (session_id) DO NOTHING RETURNING 1",
+        *_columns(rows_in, 11),
+        host,
+    )
+    return len(rows)
+
+
+async def _copy_messages(conn: Any, snap: ImportSnapshot) -> dict[int, int]:
+    """Old id -> new id. The new ids come from PostgreSQL's sequence (never another machine's) and are
+    given out in the old order, so every inbox keeps its order."""
+    if not snap.messages:
+        return {}
+    allocated = await conn.fetch(
+        "SELECT nextval(pg_get_serial_sequence('messages', 'id')) FROM generate_series(1, $1::int)",
+        len(snap.messages),
+    )
+    new_ids = sorted(int(row[0]) for row in allocated)
+    records = [
+        (new_id, sender, recipient, body, created_at, delivered_at, len(body), len(json.dumps(body)), int(attempts))
+        for new_id, (_, sender, recipient, body, created_at, delivered_at, attempts) in zip(
+            new_ids, snap.messages, strict=True
+        )
+    ]
+    # COPY fires the insert trigger row by row: pending counts and wake-ups as for a send. In batches, so
+    # each command stays well within the pool's command_timeout whatever the file's size.
+    for start in range(0, len(records), IMPORT_BATCH_ROWS):
+        await conn.copy_records_to_table(
+            "messages",
+            records=records[start : start + IMPORT_BATCH_ROWS],
+            columns=["id", "sender", "recipient", "body", "created_at", "delivered_at", "chars", "quoted", "attempts"],
+        )
+    return {int(row[0]): new_id for row, new_id in zip(snap.messages, new_ids, strict=True)}
+
+
+async def _copy_keys(conn: Any, snap: ImportSnapshot, new_ids: dict[int, int]) -> int:
+    mapped = [(sender, key, new_ids[old], at) for sender, key, old, at in snap.keys if old in new_ids]
+    copied = 0
+    for start in range(0, len(mapped), IMPORT_BATCH_ROWS):
+        rows = await conn.fetch(
+            "INSERT INTO idempotency (sender, key, message_id, created_at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])"
+            " ON CONFLICT (sender, key) DO NOTHING RETURNING 1",
+            *_columns(mapped[start : start + IMPORT_BATCH_ROWS], 4),
+        )
+        copied += len(rows)
+    return copied

@@ -27,6 +27,7 @@ import apsw
 
 from claude_mailbox import rowmap
 from claude_mailbox.errors import (
+    InvalidInput,
     LeaseNotFound,
     MailboxError,
     MailboxFull,
@@ -40,6 +41,8 @@ from claude_mailbox.model import (
     JSON_OVERHEAD,
     Cost,
     FeedFilter,
+    ImportMarker,
+    ImportSnapshot,
     Lease,
     LeaseTerms,
     Mailbox,
@@ -775,3 +778,177 @@ class Store:
             return messages, newest
         full_page = limit > 0 and len(messages) == limit
         return messages, messages[-1].id if full_page else max(newest, after_id or 0)
+
+
+# --- `import-sqlite` (setup/importer.py): the SQLite side of the move into PostgreSQL ----------------
+
+IMPORT_MARKER = "pg_import"  # the file's note of its import: one row, committed before the copy
+IMPORT_BUSY_TIMEOUT_MS = 5000  # a starting daemon holds the write lock briefly (its migration)
+
+
+class ImportFile:
+    """A SQLite mailbox being copied into PostgreSQL: its rows are read on a read-only connection (an
+    older file is first migrated by Store, as its next start would); the only write is the import's
+    note, on a second connection that also holds the write lock while the copy runs, so a daemon
+    started meanwhile cannot take mail that would stay behind. Failures name the file; `busy_hint`
+    says what to do when another process holds it."""
+
+    def __init__(self, path: Path, busy_hint: str) -> None:
+        self.path = path
+        self._hint = busy_hint
+        self._writer: apsw.Connection | None = None
+        self._reader = self._open_reader()
+
+    @contextlib.contextmanager
+    def _errors(self, *, writing: bool = False) -> Iterator[None]:
+        """SQLite failures as one line naming the file (`writing`: the import's note in it)."""
+        path = self.path
+        try:
+            yield
+        except MailboxError:
+            raise
+        except apsw.BusyError:
+            raise StoreBusy(f"{path} is locked by another process (a daemon using it?): {self._hint}") from None
+        except (apsw.NotADBError, apsw.CorruptError) as exc:
+            raise StoreUnavailable(f"{path} is not a valid claude-mailbox database ({exc})") from None
+        except (apsw.ReadOnlyError, apsw.CantOpenError, apsw.PermissionsError) as exc:
+            if not writing:
+                raise StoreUnavailable(f"cannot open {path}: {exc}") from None
+            raise StoreUnavailable(
+                f"cannot write to {path} ({exc}): import-sqlite notes the import in it, so a second run cannot "
+                "copy the mail twice; make it writable by this user and run again"
+            ) from None
+        except apsw.Error as exc:
+            raise StoreUnavailable(f"cannot read {path}: {exc}") from None
+
+    def _open_reader(self) -> apsw.Connection:
+        path = self.path
+        with self._errors():
+            db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            with self._errors():
+                tables = {str(row[0]) for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                version = int(_rows(db, "PRAGMA user_version")[0][0])
+            if not {"mailboxes", "messages"} <= tables:
+                raise InvalidInput(f"{path} is not a claude-mailbox database (it has no mailboxes and messages tables)")
+            if version > SCHEMA_VERSION:
+                raise InvalidInput(
+                    f"{path} was written by a newer claude-mailbox (schema {version}); upgrade to import it"
+                )
+            if version < SCHEMA_VERSION:
+                db.close()
+                Store(path).close()  # the daemon's migrations: its leases, counts and key tables exist after
+                with self._errors():
+                    db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+            return db
+        except BaseException:
+            db.close()
+            raise
+
+    def marker(self, *, on_writer: bool = False) -> ImportMarker | None:
+        """The file's import note, None before any run (read on the writing connection: under its lock)."""
+        db = self._writer if on_writer and self._writer is not None else self._reader
+        with self._errors():
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (IMPORT_MARKER,)).fetchall():
+                return None
+            rows = _rows(db, f"SELECT import_id, database, started_at, finished_at FROM {IMPORT_MARKER}")
+        return ImportMarker(*rows[0]) if rows else None
+
+    def open_writer(self) -> None:
+        with self._errors(writing=True):
+            self._writer = apsw.Connection(str(self.path))
+        self._writer.set_busy_timeout(IMPORT_BUSY_TIMEOUT_MS)
+
+    def _writing(self) -> apsw.Connection:
+        if self._writer is None:
+            raise RuntimeError("open_writer() first")
+        return self._writer
+
+    def claim(self, database: str, check: Callable[[ImportMarker | None], None]) -> str:
+        """The id of this file's import into `database`, noted (and committed) before the copy: a new
+        one, or that of a run that did not finish (its copy may have committed: PostgreSQL's
+        sqlite_imports row tells). `check` may refuse the note found, under the write lock."""
+        writer = self._writing()
+        with self._errors(writing=True):
+            writer.execute("BEGIN IMMEDIATE")
+            try:
+                writer.execute(
+                    f"CREATE TABLE IF NOT EXISTS {IMPORT_MARKER} (import_id TEXT PRIMARY KEY, database TEXT NOT NULL,"
+                    " started_at TEXT NOT NULL, finished_at TEXT, counts TEXT)"
+                )
+                marker = self.marker(on_writer=True)
+                check(marker)
+                if marker is None:
+                    import_id = secrets.token_hex(16)
+                    writer.execute(
+                        f"INSERT INTO {IMPORT_MARKER} (import_id, database, started_at) VALUES (?, ?, ?)",
+                        (import_id, database, now_iso()),
+                    )
+                else:
+                    import_id = marker.import_id
+                writer.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(apsw.Error):
+                    if writer.in_transaction:
+                        writer.execute("ROLLBACK")
+                raise
+        return import_id
+
+    def lock(self) -> None:
+        """Take the write lock until finish() or abandon(): no daemon writes this file meanwhile."""
+        with self._errors(writing=True):
+            self._writing().execute("BEGIN IMMEDIATE")
+
+    def snapshot(self) -> ImportSnapshot:
+        fresh_keys = iso_before(IDEMPOTENCY_SECONDS)  # older keys no longer answer "repeated"
+        db = self._reader
+        with self._errors():
+            return ImportSnapshot(
+                mailboxes=_rows(db, "SELECT name, created_at, last_seen, alias_of FROM mailboxes ORDER BY rowid"),
+                sessions=_rows(
+                    db,
+                    "SELECT session_id, mailbox, claude_pid, pid_started, cwd, project_dir, source, started_at,"
+                    " ended_at, end_reason, collaborate FROM sessions ORDER BY started_at, rowid",
+                ),
+                # Attempts survive, leases do not: mail under a lease is pending again, as after its expiry.
+                messages=_rows(
+                    db,
+                    "SELECT m.id, m.sender, m.recipient, m.body, m.created_at, m.delivered_at, coalesce(f.attempts, 0)"
+                    " FROM messages m LEFT JOIN inflight f ON f.message_id = m.id ORDER BY m.id",
+                ),
+                keys=_rows(
+                    db,
+                    "SELECT sender, key, message_id, created_at FROM idempotency WHERE created_at >= ?",
+                    (fresh_keys,),
+                ),
+            )
+
+    def finish(self, import_id: str, finished_at: str, counts: str) -> None:
+        """Note the copy as committed (`counts`: its JSON summary) and release the lock."""
+        writer = self._writing()
+        with self._errors(writing=True):
+            writer.execute(
+                f"UPDATE {IMPORT_MARKER} SET finished_at = ?, counts = ? WHERE import_id = ?",
+                (finished_at, counts, import_id),
+            )
+            writer.execute("COMMIT")
+
+    def abandon(self, import_id: str, *, rolled_back: bool) -> None:
+        """Release the lock after a failure. A copy certainly `rolled_back` frees the note (under our
+        lock), so the file may go to another database; otherwise the note stays for the next run."""
+        writer = self._writing()
+        with contextlib.suppress(apsw.Error):
+            if rolled_back and writer.in_transaction:
+                writer.execute(f"DELETE FROM {IMPORT_MARKER} WHERE import_id = ? AND finished_at IS NULL", (import_id,))
+                writer.execute("COMMIT")
+            elif writer.in_transaction:
+                writer.execute("ROLLBACK")
+
+    def close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def close(self) -> None:
+        self.close_writer()
+        self._reader.close()
