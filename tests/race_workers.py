@@ -42,10 +42,11 @@ def _consume_function(mode: str, target: str) -> Callable[[], list[int]]:
 
 def _send_function(mode: str, target: str) -> Callable[[str, str], int]:
     if mode == "store":
+        from claude_mailbox.model import SendRequest
         from claude_mailbox.store import Store
 
         store = Store(Path(target), busy_timeout_ms=60_000)
-        return lambda sender, body: store.send(sender, INBOX, body).message.id
+        return lambda sender, body: store.send(SendRequest(sender, INBOX, body)).message.id
     from claude_mailbox.client import MailboxClient
 
     client = MailboxClient(target, timeout=30.0)

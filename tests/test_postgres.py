@@ -24,7 +24,7 @@ import pytest
 
 import pgkit
 from claude_mailbox.errors import DaemonError, MailboxError, StoreUnavailable
-from claude_mailbox.model import IDEMPOTENCY_SECONDS, LeaseTerms, iso_before
+from claude_mailbox.model import IDEMPOTENCY_SECONDS, LeaseTerms, SendRequest, iso_before
 from conftest import Daemon
 from faultkit import write_config
 from pgkit import PgServer, SyncPgStore
@@ -62,7 +62,7 @@ def test_a_blank_database_gets_the_schema_and_its_version(pg: SyncPgStore) -> No
 
 
 def test_opening_again_keeps_the_mail_and_changes_nothing(pg: SyncPgStore) -> None:
-    sent = pg.send("alice", "bob", "kept").message
+    sent = pg.send(SendRequest("alice", "bob", "kept")).message
     before = pg.sql("SELECT count(*) FROM pg_class")
     again = SyncPgStore(pg.url)
     try:
@@ -107,7 +107,7 @@ def test_concurrent_leases_from_two_stores_never_share_a_message(pg: SyncPgStore
     """SKIP LOCKED with the lease on the row: 8 readers over two pools, each message in one lease."""
     other = SyncPgStore(pg.url)
     try:
-        ids = {pg.send("alice", "bob", f"m{i}").message.id for i in range(200)}
+        ids = {pg.send(SendRequest("alice", "bob", f"m{i}")).message.id for i in range(200)}
 
         async def reader(store: Any) -> list[int]:
             taken: list[int] = []
@@ -137,7 +137,7 @@ def test_a_key_retried_through_two_daemons_at_once_stores_one_message(pg: SyncPg
 
         async def both() -> list[Any]:
             sends = [
-                store.send("alice", "bob", "once", idempotency_key="retry-1")
+                store.send(SendRequest("alice", "bob", "once", idempotency_key="retry-1"))
                 for store in (pg.async_store, other.async_store) * 4
             ]
             return list(await asyncio.gather(*sends))
@@ -151,9 +151,9 @@ def test_a_key_retried_through_two_daemons_at_once_stores_one_message(pg: SyncPg
 
 
 def test_idempotency_keys_expire_after_24_hours(pg: SyncPgStore) -> None:
-    first = pg.send("alice", "bob", "once", idempotency_key="k")
+    first = pg.send(SendRequest("alice", "bob", "once", idempotency_key="k"))
     pg.sql("UPDATE idempotency SET created_at = $1 RETURNING 1", iso_before(IDEMPOTENCY_SECONDS + 60))
-    later = pg.send("alice", "bob", "once", idempotency_key="k")
+    later = pg.send(SendRequest("alice", "bob", "once", idempotency_key="k"))
     assert not later.repeated and later.message.id != first.message.id
     assert pg.sql("SELECT message_id FROM idempotency") == [(later.message.id,)]
 

@@ -53,6 +53,7 @@ from claude_mailbox.model import (
     Message,
     Registration,
     Rename,
+    SendRequest,
     Sent,
     Session,
     iso_after,
@@ -452,15 +453,9 @@ class PgStore:
 
     # --- messages -----------------------------------------------------------------------------
 
-    async def send(
-        self,
-        sender: str,
-        recipient: str,
-        body: str,
-        *,
-        max_pending: int | None = None,
-        idempotency_key: str | None = None,
-    ) -> Sent:
+    async def send(self, request: SendRequest) -> Sent:
+        sender, recipient, body = request.sender, request.recipient, request.body
+        max_pending, idempotency_key = request.max_pending, request.idempotency_key
         at = now_iso()
         args = (sender, recipient, body, at, len(body), len(json.dumps(body)), max_pending)
         async with self._tx(transaction=idempotency_key is not None) as conn:

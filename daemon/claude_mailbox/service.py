@@ -41,6 +41,7 @@ from claude_mailbox.model import (
     Message,
     Registration,
     Rename,
+    SendRequest,
     Sent,
     iso_before,
 )
@@ -227,7 +228,7 @@ class MailboxService:
         key = validate_idempotency_key(idempotency_key)
         self.rate_limiter.take(sender)
         limit = self.config.max_pending_per_mailbox
-        sent = await self.store.send(sender, recipient, text, max_pending=limit, idempotency_key=key)
+        sent = await self.store.send(SendRequest(sender, recipient, text, max_pending=limit, idempotency_key=key))
         if not sent.repeated:
             self.waiters.notify(sent.message.recipient, Wake("mail"))
         return sent

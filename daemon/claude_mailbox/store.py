@@ -49,6 +49,7 @@ from claude_mailbox.model import (
     Message,
     Registration,
     Rename,
+    SendRequest,
     Sent,
     Session,
     iso_after,
@@ -437,17 +438,10 @@ class Store:
 
     # --- messages -----------------------------------------------------------------------------
 
-    def send(
-        self,
-        sender: str,
-        recipient: str,
-        body: str,
-        *,
-        max_pending: int | None = None,
-        idempotency_key: str | None = None,
-    ) -> Sent:
-        """Store one message. With an `idempotency_key` already used by this sender within
-        IDEMPOTENCY_SECONDS, return that first message (`repeated`) and store nothing."""
+    def send(self, request: SendRequest) -> Sent:
+        """Store one message (model.SendRequest says what a repeated key and max_pending do)."""
+        sender, recipient, body = request.sender, request.recipient, request.body
+        max_pending, idempotency_key = request.max_pending, request.idempotency_key
         at = now_iso()
         with self._write() as db:
             if idempotency_key is not None:
