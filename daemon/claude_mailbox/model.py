@@ -191,6 +191,41 @@ class Rename:
     moved: int  # pending messages moved to the new name
 
 
+# --- the database schema: one numbered list that both stores follow -----------------------------
+
+
+@dataclass(frozen=True)
+class SchemaStep:
+    """One schema change. Both stores number it the same and record the highest step they took
+    (SQLite in `PRAGMA user_version`, PostgreSQL in its `mailbox_schema` table); `/health` reports it."""
+
+    version: int
+    name: str  # store.py's migration is `_migration_<version>_<name>`
+    what: str
+    sqlite: bool = True  # False: only PostgreSQL takes it (SQLite skips its number)
+
+
+SCHEMA_STEPS: tuple[SchemaStep, ...] = (
+    SchemaStep(1, "messages", "mailboxes created on first use, messages kept after delivery"),
+    SchemaStep(2, "sessions", "Claude Code sessions (pid, liveness, collaboration) and the aliases /clear leaves"),
+    SchemaStep(3, "delivery", "leases then acknowledgement, kept pending counts, body sizes, idempotency keys"),
+    SchemaStep(4, "threads", "the feed's thread view from an index: messages (sender, recipient, id)"),
+    SchemaStep(5, "sqlite_imports", "import-sqlite's record of each copied SQLite mailbox", sqlite=False),
+)
+
+StoreKind = Literal["sqlite", "postgres"]
+
+
+def schema_steps(store: StoreKind) -> list[SchemaStep]:
+    """The steps a store takes, in order."""
+    return [step for step in SCHEMA_STEPS if store == "postgres" or step.sqlite]
+
+
+def latest_schema(store: StoreKind) -> int:
+    """The version a store's database has once every step it takes is done."""
+    return schema_steps(store)[-1].version
+
+
 # --- `import-sqlite`: one SQLite mailbox copied into PostgreSQL (setup/importer.py) -----------------
 
 

@@ -12,8 +12,8 @@ how it is made safe with several daemons writing at once:
   it costs no round trip); each daemon LISTENs and wakes its own waiters: a `watch --block` on
   machine B wakes when machine A's daemon stores mail for it. A daemon skips its own notifications
   (it already woke its waiters): the payload names the sender by `application_name`.
-- Migrations are ordered SQL scripts recorded in the `mailbox_schema` table, run under an advisory
-  lock so two daemons starting together migrate once.
+- Migrations are SQL scripts numbered by model.SCHEMA_STEPS (the same numbers as SQLite's), recorded
+  in the `mailbox_schema` table, run under an advisory lock so two daemons starting together migrate once.
 A lost connection is StoreUnavailable (503); the pool opens new connections on the next request
 and the listener reconnects by itself.
 
@@ -58,6 +58,7 @@ from claude_mailbox.model import (
     Session,
     iso_after,
     iso_before,
+    latest_schema,
     now_iso,
 )
 from claude_mailbox.storeapi import RemoteWake
@@ -77,9 +78,11 @@ LISTEN_RETRY_SECONDS = 1.0
 MAX_LEASED = 1000  # messages one read considers (a bigger inbox is read in pages, as max_bytes does)
 HEARTBEAT_SECONDS = 5.0  # a daemon silent for 3 beats leaves its sessions "unknown", not dead
 
-_MIGRATIONS: list[str] = [
-    # 1: the whole model of store.py's three SQLite migrations, with the lease on the message row.
-    """
+# model.SCHEMA_STEPS as PostgreSQL takes them, by number. PostgreSQL support began at SQLite's schema 3,
+# so its first script is steps 1-3 at once.
+_MIGRATIONS: dict[int, str] = {
+    # 1-3: the whole model of store.py's three first SQLite migrations, with the lease on the message row.
+    3: """
     CREATE TABLE mailboxes (
         name TEXT PRIMARY KEY,
         created_at TEXT NOT NULL,
@@ -212,10 +215,13 @@ _MIGRATIONS: list[str] = [
             VALUES (p_sender, v_target, p_body, p_at, p_chars, p_quoted) RETURNING messages.id, v_target, 0;
     END $$;
     """,
-    # 2: `claude-mailbox import-sqlite` (setup/importer.py) records each copy of a SQLite mailbox here, in
+    # 4: the feed's thread view (name + peer) from an index, as SQLite's step 4.
+    4: "CREATE INDEX IF NOT EXISTS messages_thread ON messages (sender, recipient, id);",
+    # 5: `claude-mailbox import-sqlite` (setup/importer.py) records each copy of a SQLite mailbox here, in
     # the same transaction as the copy: a run interrupted after the commit finds its row and copies nothing twice.
-    """
-    CREATE TABLE sqlite_imports (
+    # IF NOT EXISTS: a database of the old numbering 2 has it already (see _OLD_NUMBERING).
+    5: """
+    CREATE TABLE IF NOT EXISTS sqlite_imports (
         import_id TEXT PRIMARY KEY,
         source TEXT NOT NULL,
         host TEXT NOT NULL,
@@ -227,8 +233,12 @@ _MIGRATIONS: list[str] = [
         keys INTEGER NOT NULL DEFAULT 0
     );
     """,
-]
-SCHEMA_VERSION = len(_MIGRATIONS)
+}
+SCHEMA_VERSION = latest_schema("postgres")
+# PostgreSQL's own numbering before the shared list: 1 was steps 1-3, 2 added sqlite_imports (step 5)
+# without step 4's index. The shared numbering never records 1 or 2 here (the first script is step 3),
+# so either value can only be the old numbering: such a database has step 3 done, and takes 4 and 5.
+_OLD_NUMBERING = {1: 3, 2: 3}
 
 _SESSION_COLUMNS = rowmap.SESSION_COLUMNS
 _MESSAGE_COLUMNS = rowmap.MESSAGE_COLUMNS
@@ -320,14 +330,16 @@ class PgStore:
         async with self._tx() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             await conn.execute("CREATE TABLE IF NOT EXISTS mailbox_schema (version INTEGER NOT NULL)")
-            version = await conn.fetchval("SELECT max(version) FROM mailbox_schema") or 0
+            recorded = await conn.fetchval("SELECT max(version) FROM mailbox_schema") or 0
+            version = _OLD_NUMBERING.get(recorded, recorded)
             if version > SCHEMA_VERSION:
                 raise MailboxError(
                     f"{self.description} was written by a newer claude-mailbox (schema {version}); upgrade to open it"
                 )
-            for script in _MIGRATIONS[version:]:
-                await conn.execute(script)
-            if version < SCHEMA_VERSION:
+            for number, script in sorted(_MIGRATIONS.items()):
+                if number > version:
+                    await conn.execute(script)
+            if recorded != SCHEMA_VERSION:
                 await conn.execute("DELETE FROM mailbox_schema")
                 await conn.execute("INSERT INTO mailbox_schema (version) VALUES ($1)", SCHEMA_VERSION)
 

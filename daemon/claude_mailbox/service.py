@@ -138,6 +138,7 @@ class MailboxService:
         self.reporters: list[Callable[[], dict[str, Any]]] = []
         self._executor = DbThread("mailbox-db")
         self._store: MailboxStore | None = None
+        self._schema_version: int | None = None
         self.host_id = config.host_id or socket.gethostname()
         # Answers being written that the daemon acknowledges afterwards (ack=auto): mailbox -> lease
         # id -> set once settled. Reads of that mailbox wait for them (see settle_later).
@@ -159,11 +160,13 @@ class MailboxService:
             pg.listen(self._remote_wake)
             pg.heartbeat(liveness.is_alive)
             self._store = pg
-            return
-        self._store = await ThreadedStore.open(
-            self._executor,
-            lambda: Store(config.database, durability=config.durability, busy_timeout_ms=config.busy_timeout_ms),
-        )
+        else:
+            self._store = await ThreadedStore.open(
+                self._executor,
+                lambda: Store(config.database, durability=config.durability, busy_timeout_ms=config.busy_timeout_ms),
+            )
+        # Opening migrated the database: its version stays what /health reports (model.SCHEMA_STEPS).
+        self._schema_version = await self._store.schema_version()
 
     def _remote_wake(self, kind: str, mailbox: str, detail: str | None) -> None:
         """Another daemon sharing the database stored mail for (or renamed) a mailbox waited on here."""
@@ -559,6 +562,7 @@ class MailboxService:
             "port": self.config.port,
             "waiters": self.waiters.total(),
             "auth": self.config.auth,  # "token" or "none": status and doctor show it
+            **({"schema": self._schema_version} if self._schema_version is not None else {}),
             **{key: value for report in self.reporters for key, value in report().items()},
         }
 

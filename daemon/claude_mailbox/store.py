@@ -54,7 +54,9 @@ from claude_mailbox.model import (
     Session,
     iso_after,
     iso_before,
+    latest_schema,
     now_iso,
+    schema_steps,
 )
 
 # What a message costs against a budget (model.Cost), from the body sizes kept in the pending index:
@@ -67,7 +69,7 @@ _COST_SQL: dict[Cost, str] = {
 _M_COLUMNS = ", ".join(f"m.{column}" for column in rowmap.MESSAGE_COLUMNS.split(", "))  # joined with another table
 
 
-# --- migrations: ordered, each idempotent, recorded in PRAGMA user_version ----------------------
+# --- migrations: model.SCHEMA_STEPS, each idempotent, recorded in PRAGMA user_version ---------------
 
 
 def _migration_1_messages(db: apsw.Connection) -> None:
@@ -195,13 +197,15 @@ def _migration_4_threads(db: apsw.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS messages_thread ON messages (sender, recipient, id)")
 
 
+# model.SCHEMA_STEPS that SQLite takes, in order (tests/test_schema.py checks the names match).
 MIGRATIONS: list[Callable[[apsw.Connection], None]] = [
     _migration_1_messages,
     _migration_2_sessions,
     _migration_3_delivery,
     _migration_4_threads,
 ]
-SCHEMA_VERSION = len(MIGRATIONS)
+_STEPS = dict(zip((step.version for step in schema_steps("sqlite")), MIGRATIONS, strict=True))
+SCHEMA_VERSION = latest_schema("sqlite")
 
 
 # Exactly one row: the recipient's alias (or NULL), whether its mailbox row exists, and the pending
@@ -399,8 +403,9 @@ class Store:
                 raise MailboxError(
                     f"{self.path} was written by a newer claude-mailbox (schema {version}); upgrade to open it"
                 )
-            for migration in MIGRATIONS[version:]:
-                migration(db)
+            for number, migration in _STEPS.items():
+                if number > version:
+                    migration(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def schema_version(self) -> int:
