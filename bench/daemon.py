@@ -232,7 +232,8 @@ def bench_mcp(daemon: Daemon, quick: bool) -> float:
 def build_history(home: Path, rows: int, recipient: str) -> float:
     """A database with `rows` delivered messages, written directly (schema by Store, rows in one
     transaction) before the daemon starts. A quarter of the history belongs to `recipient`."""
-    from claude_mailbox.store import Store, now_iso
+    from claude_mailbox.model import now_iso
+    from claude_mailbox.store import Store
 
     began = time.perf_counter()
     store = Store(home / "mailbox.db")

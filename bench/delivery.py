@@ -62,7 +62,8 @@ SESSION_ID = "0de1i0e7-1111-2222-3333-444444444444"
 def fill(home: Path, recipient: str, count: int, body_bytes: int) -> float:
     """`count` pending messages for `recipient`, written before the daemon starts (one transaction;
     the store's triggers keep the pending count as a send would)."""
-    from claude_mailbox.store import Store, now_iso
+    from claude_mailbox.model import now_iso
+    from claude_mailbox.store import Store
 
     began = time.perf_counter()
     store = Store(home / "mailbox.db")

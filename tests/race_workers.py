@@ -22,7 +22,8 @@ SENDER_CHUNK = 250  # the REST producers switch sender every 250 messages (per-s
 
 def _consume_function(mode: str, target: str) -> Callable[[], list[int]]:
     if mode == "store":
-        from claude_mailbox.store import LeaseTerms, Store
+        from claude_mailbox.model import LeaseTerms
+        from claude_mailbox.store import Store
 
         store = Store(Path(target), busy_timeout_ms=60_000)
 
@@ -41,10 +42,11 @@ def _consume_function(mode: str, target: str) -> Callable[[], list[int]]:
 
 def _send_function(mode: str, target: str) -> Callable[[str, str], int]:
     if mode == "store":
+        from claude_mailbox.model import SendRequest
         from claude_mailbox.store import Store
 
         store = Store(Path(target), busy_timeout_ms=60_000)
-        return lambda sender, body: store.send(sender, INBOX, body).message.id
+        return lambda sender, body: store.send(SendRequest(sender, INBOX, body)).message.id
     from claude_mailbox.client import MailboxClient
 
     client = MailboxClient(target, timeout=30.0)

@@ -15,6 +15,7 @@ import pytest
 
 from claude_mailbox.dbthread import DbThread
 from claude_mailbox.errors import MailboxFull
+from claude_mailbox.model import SendRequest
 from claude_mailbox.store import Store
 
 
@@ -45,7 +46,9 @@ async def queued_sends(thread: DbThread, store: Store, sends: list[tuple[str, st
     await asyncio.sleep(0.05)
     tasks = [
         asyncio.ensure_future(
-            thread.run(lambda s=sender, r=to, m=limit: store.send(s, r, "hi", max_pending=m), group=store.group)
+            thread.run(
+                lambda s=sender, r=to, m=limit: store.send(SendRequest(s, r, "hi", max_pending=m)), group=store.group
+            )
         )
         for sender, to, limit in sends
     ]
@@ -59,7 +62,7 @@ def test_queued_sends_share_one_commit_and_a_refused_one_undoes_only_itself(
     opened: tuple[DbThread, Store],
 ) -> None:
     thread, store = opened
-    store.send("seed", "full", "already one")
+    store.send(SendRequest("seed", "full", "already one"))
     commits: list[int] = []
 
     def count_commit() -> bool:
@@ -88,5 +91,5 @@ def test_a_failed_group_commit_fails_every_send_and_stores_none(opened: tuple[Db
     assert committed(store) == []
     assert store.pending_counts() == {}
     assert not store.db.in_transaction
-    store.send("after", "bob", "works again")  # the connection is usable afterwards
+    store.send(SendRequest("after", "bob", "works again"))  # the connection is usable afterwards
     assert committed(store) == [("after", "bob", "works again")]

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 import pgkit
-from claude_mailbox.store import Store, now_iso
+from claude_mailbox.model import now_iso
+from claude_mailbox.store import Store
 from conftest import REPO, Daemon, InProcessDaemon, base_env, in_process_daemon, start_daemon
 from faultkit import write_config
 from harness import sqlite_rows

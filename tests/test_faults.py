@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from claude_mailbox.store import LeaseTerms, Store
+from claude_mailbox.model import LeaseTerms, SendRequest
+from claude_mailbox.store import Store
 from conftest import base_env, run_cli
 from faultkit import TAG_PREFIX, _audit, logged_daemon, run_kill_load, tracebacks, write_config
 from rawhttp import Reply, check, peek, request, send
@@ -55,9 +56,9 @@ def test_the_audit_catches_a_lost_and_a_duplicated_message(tmp_path: Path) -> No
     """The kill test's audit is not vacuous: a message acknowledged but absent, one stored twice and one
     received twice are all reported."""
     store = Store(tmp_path / "mailbox.db")
-    first = store.send("a", "b", f"{TAG_PREFIX}a/1 x").message
-    store.send("a", "b", f"{TAG_PREFIX}a/2 x")
-    store.send("a", "b", f"{TAG_PREFIX}a/2 x")  # stored twice
+    first = store.send(SendRequest("a", "b", f"{TAG_PREFIX}a/1 x")).message
+    store.send(SendRequest("a", "b", f"{TAG_PREFIX}a/2 x"))
+    store.send(SendRequest("a", "b", f"{TAG_PREFIX}a/2 x"))  # stored twice
     lease = store.lease("b", LeaseTerms(lease_seconds=60))
     assert lease.id is not None and store.ack("b", lease.id) == 3
     store.close()
@@ -188,7 +189,7 @@ def test_unwritable_data_dir_refuses_to_start_naming_the_file(tmp_path: Path, ex
     (home / "config.toml").write_text('auth = "none"\n')
     if existing:
         store = Store(home / "mailbox.db")
-        store.send("alice", "bob", "kept")
+        store.send(SendRequest("alice", "bob", "kept"))
         store.close()
         before = _digest(home / "mailbox.db")
     with unwritable(home) as readonly:
@@ -233,7 +234,7 @@ def test_corrupted_database_refuses_to_start_and_is_never_overwritten(mailbox_ho
     db = mailbox_home / "mailbox.db"
     store = Store(db)
     for index in range(40):
-        store.send("alice", f"bob{index % 3}", f"message {index} " + "x" * 400)
+        store.send(SendRequest("alice", f"bob{index % 3}", f"message {index} " + "x" * 400))
     store.close()
     _corrupt(db, how)
     before = _digest(db)

@@ -195,7 +195,7 @@ def test_ended_and_killed_sessions_are_listed_apart_after_the_live_ones(sessions
 def test_peers_idle_for_more_than_an_hour_are_not_announced(sessions: Sessions, claude: FakeClaude) -> None:
     import apsw
 
-    from claude_mailbox.store import iso_before
+    from claude_mailbox.model import iso_before
 
     idle_claude = FakeClaude()
     try:

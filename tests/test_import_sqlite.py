@@ -186,12 +186,13 @@ def test_import_refuses_while_the_sqlite_daemon_runs_and_writes_nothing(tmp_path
 
 def _sqlite_mailbox(home: Path) -> Path:
     """A SQLite mailbox with one pending message, written by the daemon's own store code."""
+    from claude_mailbox.model import SendRequest
     from claude_mailbox.store import Store
 
     path = home / "mailbox.db"
     db = Store(path)
     try:
-        db.send("alice", "bob", "hello")
+        db.send(SendRequest("alice", "bob", "hello"))
     finally:
         db.close()
     return path
@@ -329,14 +330,15 @@ def test_an_unfinished_run_into_another_database_is_not_copied_elsewhere(mailbox
 def test_a_copy_postgresql_refuses_halfway_leaves_nothing_behind(mailbox_home: Path, pg_url: str) -> None:
     """All or nothing: a body PostgreSQL cannot store (a NUL character, which SQLite keeps) after good
     mail rolls the whole copy back, and the file's note is freed for another try."""
+    from claude_mailbox.model import SendRequest
     from claude_mailbox.store import Store
 
     path = mailbox_home / "mailbox.db"
     db = Store(path)
     try:
-        db.send("alice", "bob", "fine")
-        db.send("alice", "bob", "a NUL \x00 here")
-        db.send("alice", "carol", "fine too")
+        db.send(SendRequest("alice", "bob", "fine"))
+        db.send(SendRequest("alice", "bob", "a NUL \x00 here"))
+        db.send(SendRequest("alice", "carol", "fine too"))
     finally:
         db.close()
     message = one_line_error(importing(mailbox_home, "--database-url", pg_url))

@@ -24,7 +24,7 @@ import pytest
 
 import pgkit
 from claude_mailbox.errors import DaemonError, MailboxError, StoreUnavailable
-from claude_mailbox.store import IDEMPOTENCY_SECONDS, LeaseTerms, iso_before
+from claude_mailbox.model import IDEMPOTENCY_SECONDS, FeedFilter, LeaseTerms, SendRequest, iso_before
 from conftest import Daemon
 from faultkit import write_config
 from pgkit import PgServer, SyncPgStore
@@ -62,7 +62,7 @@ def test_a_blank_database_gets_the_schema_and_its_version(pg: SyncPgStore) -> No
 
 
 def test_opening_again_keeps_the_mail_and_changes_nothing(pg: SyncPgStore) -> None:
-    sent = pg.send("alice", "bob", "kept").message
+    sent = pg.send(SendRequest("alice", "bob", "kept")).message
     before = pg.sql("SELECT count(*) FROM pg_class")
     again = SyncPgStore(pg.url)
     try:
@@ -78,6 +78,64 @@ def test_a_newer_schema_is_refused_with_a_clear_error(pg: SyncPgStore) -> None:
     with pytest.raises(MailboxError) as refused:
         SyncPgStore(pg.url)
     assert "newer claude-mailbox (schema 99)" in refused.value.message
+
+
+def build_old_numbered(url: str, old: int) -> None:
+    """A database as pgstore left it before the shared schema list: its own version 1 (SQLite's steps
+    1-3 in one script) or 2 (plus sqlite_imports, without the thread index), with mail."""
+    from claude_mailbox import pgstore
+
+    async def build() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction():
+                await conn.execute(pgstore._MIGRATIONS[3])
+                if old == 2:
+                    await conn.execute(pgstore._MIGRATIONS[5])
+                    await conn.execute(
+                        "INSERT INTO sqlite_imports (import_id, source, host, imported_at)"
+                        " VALUES ('i-1', '/old/mailbox.db', 'laptop', '2025-06-01T00:00:00.000Z')"
+                    )
+                await conn.execute("CREATE TABLE mailbox_schema (version INTEGER NOT NULL)")
+                await conn.execute("INSERT INTO mailbox_schema (version) VALUES ($1)", old)
+                await conn.execute(
+                    "INSERT INTO messages (sender, recipient, body, created_at, chars, quoted)"
+                    " VALUES ('alice', 'bob', 'old mail', '2025-06-01T00:00:00.000Z', 8, 10)"
+                )
+        finally:
+            await conn.close()
+
+    asyncio.run(build())
+
+
+@pytest.mark.parametrize("old", [1, 2])
+def test_a_database_of_the_old_numbering_takes_the_shared_one(pg_url: str, old: int) -> None:
+    """Old 1 is the shared 3, old 2 the shared 3 and 5: both gain step 4's thread index and end at 5."""
+    from claude_mailbox.pgstore import SCHEMA_VERSION
+
+    build_old_numbered(pg_url, old)
+    store = SyncPgStore(pg_url)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION == 5
+        assert store.sql("SELECT version FROM mailbox_schema") == [(5,)]
+        assert store.sql("SELECT indexname FROM pg_indexes WHERE indexname = 'messages_thread'") == [
+            ("messages_thread",)
+        ]
+        assert store.sql("SELECT import_id FROM sqlite_imports") == ([("i-1",)] if old == 2 else [])
+        assert store.peek("bob") == (1, "2025-06-01T00:00:00.000Z")
+        thread = store.feed(None, 10, FeedFilter(name="bob", peer="alice"))[0]
+        assert [message.body for message in thread] == ["old mail"]
+        assert store.send(SendRequest("alice", "bob", "new mail")).message.id == 2
+    finally:
+        store.close()
+    again = SyncPgStore(pg_url)  # opening again changes nothing
+    try:
+        assert again.sql("SELECT version FROM mailbox_schema") == [(5,)]
+        assert again.peek("bob")[0] == 2
+    finally:
+        again.close()
 
 
 def test_daemons_starting_together_migrate_once(pg_url: str) -> None:
@@ -107,7 +165,7 @@ def test_concurrent_leases_from_two_stores_never_share_a_message(pg: SyncPgStore
     """SKIP LOCKED with the lease on the row: 8 readers over two pools, each message in one lease."""
     other = SyncPgStore(pg.url)
     try:
-        ids = {pg.send("alice", "bob", f"m{i}").message.id for i in range(200)}
+        ids = {pg.send(SendRequest("alice", "bob", f"m{i}")).message.id for i in range(200)}
 
         async def reader(store: Any) -> list[int]:
             taken: list[int] = []
@@ -137,7 +195,7 @@ def test_a_key_retried_through_two_daemons_at_once_stores_one_message(pg: SyncPg
 
         async def both() -> list[Any]:
             sends = [
-                store.send("alice", "bob", "once", idempotency_key="retry-1")
+                store.send(SendRequest("alice", "bob", "once", idempotency_key="retry-1"))
                 for store in (pg.async_store, other.async_store) * 4
             ]
             return list(await asyncio.gather(*sends))
@@ -151,9 +209,9 @@ def test_a_key_retried_through_two_daemons_at_once_stores_one_message(pg: SyncPg
 
 
 def test_idempotency_keys_expire_after_24_hours(pg: SyncPgStore) -> None:
-    first = pg.send("alice", "bob", "once", idempotency_key="k")
+    first = pg.send(SendRequest("alice", "bob", "once", idempotency_key="k"))
     pg.sql("UPDATE idempotency SET created_at = $1 RETURNING 1", iso_before(IDEMPOTENCY_SECONDS + 60))
-    later = pg.send("alice", "bob", "once", idempotency_key="k")
+    later = pg.send(SendRequest("alice", "bob", "once", idempotency_key="k"))
     assert not later.repeated and later.message.id != first.message.id
     assert pg.sql("SELECT message_id FROM idempotency") == [(later.message.id,)]
 

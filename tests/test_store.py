@@ -14,19 +14,18 @@ import pytest
 
 from claude_mailbox.errors import LeaseNotFound, MailboxError, MailboxFull
 from claude_mailbox.hooktext import render_message
-from claude_mailbox.messages import Message
-from claude_mailbox.store import (
+from claude_mailbox.model import (
     IDEMPOTENCY_SECONDS,
-    MIGRATIONS,
-    SCHEMA_VERSION,
     FeedFilter,
     Lease,
     LeaseTerms,
+    Message,
     Registration,
-    Store,
+    SendRequest,
     iso_before,
     now_iso,
 )
+from claude_mailbox.store import MIGRATIONS, SCHEMA_VERSION, Store
 from pgkit import SyncPgStore, pg_server  # noqa: F401 (pg_server: the session's PostgreSQL, a fixture)
 
 
@@ -65,7 +64,7 @@ def schema_snapshot(path: Path) -> tuple[int, list[tuple[Any, ...]]]:
 
 
 def send(store: Store, sender: str, recipient: str, body: str, **options: Any) -> Message:
-    return store.send(sender, recipient, body, **options).message
+    return store.send(SendRequest(sender, recipient, body, **options)).message
 
 
 def take(store: Store, name: str, **options: Any) -> Lease:
@@ -465,22 +464,22 @@ def test_two_connections_never_hold_the_same_message(db_path: Path) -> None:
 
 
 def test_a_repeated_idempotency_key_returns_the_original_and_stores_nothing(store: Store) -> None:
-    first = store.send("alice", "bob", "once", idempotency_key="k-1")
-    again = store.send("alice", "bob", "once", idempotency_key="k-1")
+    first = store.send(SendRequest("alice", "bob", "once", idempotency_key="k-1"))
+    again = store.send(SendRequest("alice", "bob", "once", idempotency_key="k-1"))
     assert not first.repeated and again.repeated
     assert again.message == first.message
     assert store.peek("bob")[0] == 1
-    other_sender = store.send("carol", "bob", "once", idempotency_key="k-1")  # keys are per sender
+    other_sender = store.send(SendRequest("carol", "bob", "once", idempotency_key="k-1"))  # keys are per sender
     assert not other_sender.repeated and other_sender.message.id != first.message.id
-    assert not store.send("alice", "bob", "twice", idempotency_key="k-2").repeated
+    assert not store.send(SendRequest("alice", "bob", "twice", idempotency_key="k-2")).repeated
     assert store.peek("bob")[0] == 3
 
 
 @sqlite_only
 def test_idempotency_keys_expire_after_24_hours(store: Store) -> None:
-    first = store.send("alice", "bob", "once", idempotency_key="k")
+    first = store.send(SendRequest("alice", "bob", "once", idempotency_key="k"))
     store.db.execute("UPDATE idempotency SET created_at = ?", (iso_before(IDEMPOTENCY_SECONDS + 60),))
-    later = store.send("alice", "bob", "once", idempotency_key="k")
+    later = store.send(SendRequest("alice", "bob", "once", idempotency_key="k"))
     assert not later.repeated and later.message.id != first.message.id
     assert raw_rows(store.path, "SELECT message_id FROM idempotency") == [(later.message.id,)]  # the old one pruned
 

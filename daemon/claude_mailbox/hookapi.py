@@ -12,8 +12,8 @@ from typing import Any
 
 from claude_mailbox import hooktext
 from claude_mailbox.errors import InvalidInput, NotFound
+from claude_mailbox.model import Lease, iso_before
 from claude_mailbox.service import PEER_WINDOW_SECONDS, Caller, MailboxService, MailboxView
-from claude_mailbox.store import Lease, iso_before
 
 MAX_HOOK_INPUT = 1024 * 1024
 EVENTS = ("session-start", "prompt-submit", "stop", "session-end")

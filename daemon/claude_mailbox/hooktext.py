@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 from claude_mailbox import textsafe
-from claude_mailbox.messages import Message
+from claude_mailbox.model import ISO_LENGTH, Message
 
 CONTEXT_CAP = 10_000  # Claude Code cuts hook context longer than this to a preview
 SESSION_START_BOUND = 4_000  # the SessionStart announcement leaves the cap's room to the mail
@@ -136,6 +136,12 @@ def _more_line(count: int) -> str:
 def counted(number: int, singular: str, plural: str | None = None) -> str:
     """ "1 message", "2 messages" ("2 mailboxes" with `plural`)."""
     return f"{number} {singular if number == 1 else plural or singular + 's'}"
+
+
+# What one rendered line costs beyond its variable parts (the id's digits, the sender, the body's JSON
+# literal): the fixed words, the fixed-width time and the newline. The stores budget the hook's
+# context with it in SQL (model.Cost "rendered"); tests/test_model.py checks it against this function.
+RENDERED_OVERHEAD = len("Message # from  at : ") + ISO_LENGTH + 1
 
 
 def render_message(message: Message) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from claude_mailbox import store
+from claude_mailbox.model import now_iso
 
 log = logging.getLogger("claude_mailbox")
 
@@ -38,7 +39,7 @@ class IntegrityMonitor:
 
     def opened(self) -> None:
         """The store checked the file as it opened it (Store.__init__): that counts as the first check."""
-        self.state, self.problem, self.checked_at = "ok", None, store.now_iso()
+        self.state, self.problem, self.checked_at = "ok", None, now_iso()
 
     def request(self) -> asyncio.Task[None]:
         """Start a check now (SIGHUP), unless one is running: that one's result is as fresh."""
@@ -52,7 +53,7 @@ class IntegrityMonitor:
         started = time.perf_counter()
         problem = await asyncio.to_thread(store.quick_check, self.path)
         self.seconds = round(time.perf_counter() - started, 3)
-        self.checked_at = store.now_iso()
+        self.checked_at = now_iso()
         self.problem = problem
         self.state = "ok" if problem is None else "damaged"
         if problem is not None:

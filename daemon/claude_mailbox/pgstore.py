@@ -12,8 +12,8 @@ how it is made safe with several daemons writing at once:
   it costs no round trip); each daemon LISTENs and wakes its own waiters: a `watch --block` on
   machine B wakes when machine A's daemon stores mail for it. A daemon skips its own notifications
   (it already woke its waiters): the payload names the sender by `application_name`.
-- Migrations are ordered SQL scripts recorded in the `mailbox_schema` table, run under an advisory
-  lock so two daemons starting together migrate once.
+- Migrations are SQL scripts numbered by model.SCHEMA_STEPS (the same numbers as SQLite's), recorded
+  in the `mailbox_schema` table, run under an advisory lock so two daemons starting together migrate once.
 A lost connection is StoreUnavailable (503); the pool opens new connections on the next request
 and the listener reconnects by itself.
 
@@ -35,22 +35,30 @@ from typing import Any
 
 import asyncpg  # ships no type information: see [[tool.mypy.overrides]] in pyproject.toml
 
+from claude_mailbox import rowmap
 from claude_mailbox.config import redact_url
 from claude_mailbox.errors import LeaseNotFound, MailboxError, MailboxFull, StorageFull, StoreBusy, StoreUnavailable
-from claude_mailbox.messages import Message
-from claude_mailbox.store import (
-    _COST_SQL,
+from claude_mailbox.hooktext import RENDERED_OVERHEAD
+from claude_mailbox.model import (
     IDEMPOTENCY_SECONDS,
+    JSON_OVERHEAD,
+    Cost,
     FeedFilter,
+    ImportCounts,
+    ImportProgress,
+    ImportSnapshot,
     Lease,
     LeaseTerms,
     Mailbox,
+    Message,
     Registration,
     Rename,
+    SendRequest,
     Sent,
     Session,
     iso_after,
     iso_before,
+    latest_schema,
     now_iso,
 )
 from claude_mailbox.storeapi import RemoteWake
@@ -58,16 +66,23 @@ from claude_mailbox.storeapi import RemoteWake
 log = logging.getLogger("claude_mailbox.pgstore")
 
 CHANNEL = "claude_mailbox"
-# store.py's budget costs; an id's digits are length(id::text) here (SQLite's length() takes integers).
-_COSTS = {name: sql.replace("length(m.id)", "length(m.id::text)") for name, sql in _COST_SQL.items()}
+# What a message costs against a budget (model.Cost), as in store.py; an id's digits are
+# length(id::text) here (SQLite's length() takes integers).
+_COSTS: dict[Cost, str] = {
+    "chars": "m.chars",
+    "rendered": f"m.quoted + length(m.sender) + length(m.id::text) + {RENDERED_OVERHEAD}",
+    "json": f"m.quoted + length(m.sender) + length(m.id::text) + {JSON_OVERHEAD}",
+}
 _MIGRATION_LOCK = 0x6D61696C  # pg_advisory_xact_lock key: one daemon migrates at a time
 LISTEN_RETRY_SECONDS = 1.0
 MAX_LEASED = 1000  # messages one read considers (a bigger inbox is read in pages, as max_bytes does)
 HEARTBEAT_SECONDS = 5.0  # a daemon silent for 3 beats leaves its sessions "unknown", not dead
 
-_MIGRATIONS: list[str] = [
-    # 1: the whole model of store.py's three SQLite migrations, with the lease on the message row.
-    """
+# model.SCHEMA_STEPS as PostgreSQL takes them, by number. PostgreSQL support began at SQLite's schema 3,
+# so its first script is steps 1-3 at once.
+_MIGRATIONS: dict[int, str] = {
+    # 1-3: the whole model of store.py's three first SQLite migrations, with the lease on the message row.
+    3: """
     CREATE TABLE mailboxes (
         name TEXT PRIMARY KEY,
         created_at TEXT NOT NULL,
@@ -200,10 +215,13 @@ _MIGRATIONS: list[str] = [
             VALUES (p_sender, v_target, p_body, p_at, p_chars, p_quoted) RETURNING messages.id, v_target, 0;
     END $$;
     """,
-    # 2: `claude-mailbox import-sqlite` (setup/importer.py) records each copy of a SQLite mailbox here, in
+    # 4: the feed's thread view (name + peer) from an index, as SQLite's step 4.
+    4: "CREATE INDEX IF NOT EXISTS messages_thread ON messages (sender, recipient, id);",
+    # 5: `claude-mailbox import-sqlite` (setup/importer.py) records each copy of a SQLite mailbox here, in
     # the same transaction as the copy: a run interrupted after the commit finds its row and copies nothing twice.
-    """
-    CREATE TABLE sqlite_imports (
+    # IF NOT EXISTS: a database of the old numbering 2 has it already (see _OLD_NUMBERING).
+    5: """
+    CREATE TABLE IF NOT EXISTS sqlite_imports (
         import_id TEXT PRIMARY KEY,
         source TEXT NOT NULL,
         host TEXT NOT NULL,
@@ -215,13 +233,16 @@ _MIGRATIONS: list[str] = [
         keys INTEGER NOT NULL DEFAULT 0
     );
     """,
-]
-SCHEMA_VERSION = len(_MIGRATIONS)
+}
+SCHEMA_VERSION = latest_schema("postgres")
+# PostgreSQL's own numbering before the shared list: 1 was steps 1-3, 2 added sqlite_imports (step 5)
+# without step 4's index. The shared numbering never records 1 or 2 here (the first script is step 3),
+# so either value can only be the old numbering: such a database has step 3 done, and takes 4 and 5.
+_OLD_NUMBERING = {1: 3, 2: 3}
 
-_SESSION_COLUMNS = (
-    "session_id, mailbox, claude_pid, pid_started, cwd, project_dir, source, started_at, ended_at, collaborate"
-)
-_MESSAGE_COLUMNS = "id, sender, recipient, body, created_at, delivered_at"
+_SESSION_COLUMNS = rowmap.SESSION_COLUMNS
+_MESSAGE_COLUMNS = rowmap.MESSAGE_COLUMNS
+_M_COLUMNS = ", ".join(f"m.{column}" for column in _MESSAGE_COLUMNS.split(", "))  # joined with another table
 
 
 class PgStore:
@@ -305,23 +326,20 @@ class PgStore:
                 "nothing was saved by this request; the daemon reconnects on the next one"
             ) from None
 
-    def transaction(self) -> contextlib.AbstractAsyncContextManager[Any]:
-        """One pooled connection inside one transaction, failures as MailboxErrors: for set-up code
-        that writes many tables at once (setup/importer.py)."""
-        return self._tx()
-
     async def _migrate(self) -> None:
         async with self._tx() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             await conn.execute("CREATE TABLE IF NOT EXISTS mailbox_schema (version INTEGER NOT NULL)")
-            version = await conn.fetchval("SELECT max(version) FROM mailbox_schema") or 0
+            recorded = await conn.fetchval("SELECT max(version) FROM mailbox_schema") or 0
+            version = _OLD_NUMBERING.get(recorded, recorded)
             if version > SCHEMA_VERSION:
                 raise MailboxError(
                     f"{self.description} was written by a newer claude-mailbox (schema {version}); upgrade to open it"
                 )
-            for script in _MIGRATIONS[version:]:
-                await conn.execute(script)
-            if version < SCHEMA_VERSION:
+            for number, script in sorted(_MIGRATIONS.items()):
+                if number > version:
+                    await conn.execute(script)
+            if recorded != SCHEMA_VERSION:
                 await conn.execute("DELETE FROM mailbox_schema")
                 await conn.execute("INSERT INTO mailbox_schema (version) VALUES ($1)", SCHEMA_VERSION)
 
@@ -447,15 +465,9 @@ class PgStore:
 
     # --- messages -----------------------------------------------------------------------------
 
-    async def send(
-        self,
-        sender: str,
-        recipient: str,
-        body: str,
-        *,
-        max_pending: int | None = None,
-        idempotency_key: str | None = None,
-    ) -> Sent:
+    async def send(self, request: SendRequest) -> Sent:
+        sender, recipient, body = request.sender, request.recipient, request.body
+        max_pending, idempotency_key = request.max_pending, request.idempotency_key
         at = now_iso()
         args = (sender, recipient, body, at, len(body), len(json.dumps(body)), max_pending)
         async with self._tx(transaction=idempotency_key is not None) as conn:
@@ -464,13 +476,13 @@ class PgStore:
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{sender}\n{idempotency_key}")
                 await conn.execute("DELETE FROM idempotency WHERE created_at < $1", iso_before(IDEMPOTENCY_SECONDS))
                 row = await conn.fetchrow(
-                    "SELECT m.id, m.sender, m.recipient, m.body, m.created_at, m.delivered_at FROM idempotency k"
-                    " JOIN messages m ON m.id = k.message_id WHERE k.sender = $1 AND k.key = $2",
+                    f"SELECT {_M_COLUMNS} FROM idempotency k JOIN messages m ON m.id = k.message_id"
+                    " WHERE k.sender = $1 AND k.key = $2",
                     sender,
                     idempotency_key,
                 )
                 if row is not None:
-                    return Sent(Message(*row), repeated=True)
+                    return Sent(rowmap.message(row), repeated=True)
             stored = await conn.fetchrow(
                 "SELECT o_id, o_target, o_pending FROM mailbox_send($1, $2, $3, $4, $5, $6, $7)", *args
             )
@@ -562,13 +574,7 @@ class PgStore:
         remaining = int(pending) - int(leased) - len(rows)
         if not rows:
             return Lease(None, name, None, [], max(0, remaining), oversized)
-        messages = sorted(
-            (
-                Message(int(i), sender, name, body, created, None, int(attempts))
-                for i, sender, body, created, attempts in rows
-            ),
-            key=lambda message: message.id,
-        )
+        messages = sorted((rowmap.leased(row, name) for row in rows), key=lambda message: message.id)
         return Lease(lease_id, name, expires_at, messages, max(0, remaining), oversized)
 
     async def ack(self, name: str, lease_id: str) -> int:
@@ -634,12 +640,12 @@ class PgStore:
     async def message(self, message_id: int) -> Message | None:
         async with self._tx() as conn:
             row = await conn.fetchrow(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1", message_id)
-        return Message(*row) if row else None
+        return rowmap.message(row) if row else None
 
     async def all_messages(self) -> list[Message]:
         async with self._tx() as conn:
             rows = await conn.fetch(f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY id")
-        return [Message(*row) for row in rows]
+        return [rowmap.message(row) for row in rows]
 
     async def prune(self, delivered_before: str, *, dry_run: bool = False) -> int:
         condition = "delivered_at IS NOT NULL AND delivered_at < $1"
@@ -668,7 +674,7 @@ class PgStore:
         async with self._tx() as conn:
             rows = await conn.fetch(
                 """
-                SELECT m.name, m.created_at, m.last_seen, coalesce(c.pending, 0), m.alias_of,
+                SELECT m.name, m.created_at, m.last_seen, m.alias_of, coalesce(c.pending, 0),
                        s.session_id, s.claude_pid, s.pid_started, s.project_dir, s.ended_at, s.collaborate,
                        s.host, h.beat_at
                 FROM mailboxes m
@@ -680,30 +686,9 @@ class PgStore:
                 ORDER BY m.last_seen DESC, m.name
                 """
             )
-        return [
-            Mailbox(
-                name=row[0],
-                created_at=row[1],
-                last_seen=row[2],
-                pending=int(row[3]),
-                alias_of=row[4],
-                session_id=row[5],
-                claude_pid=row[6],
-                pid_started=row[7],
-                project_dir=row[8],
-                ended_at=row[9],
-                collaborate=bool(row[10]),
-                host=row[11],
-                host_seen=row[12],
-            )
-            for row in rows
-        ]
+        return [rowmap.mailbox(row) for row in rows]
 
     # --- sessions ----------------------------------------------------------------------------
-
-    @staticmethod
-    def _session_from(row: Any) -> Session:
-        return Session(**{**dict(row), "collaborate": bool(row["collaborate"])})
 
     async def _session_where(self, condition: str, value: Any) -> Session | None:
         async with self._tx() as conn:
@@ -711,7 +696,7 @@ class PgStore:
                 f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {condition} ORDER BY started_at DESC, seq DESC LIMIT 1",
                 value,
             )
-        return self._session_from(row) if row else None
+        return rowmap.session(row) if row else None
 
     async def session(self, session_id: str) -> Session | None:
         return await self._session_where("session_id = $1", session_id)
@@ -813,9 +798,149 @@ class PgStore:
                 f" LIMIT {bind(limit)}",
                 *args,
             )
-        messages = [Message(*row) for row in rows]
+        messages = [rowmap.message(row) for row in rows]
         if order == "DESC":
             messages.reverse()
             return messages, newest
         full_page = limit > 0 and len(messages) == limit
         return messages, messages[-1].id if full_page else max(newest, after_id or 0)
+
+    # --- `import-sqlite` (setup/importer.py): one SQLite mailbox copied in, once ---------------------
+
+    async def import_copy(
+        self, import_id: str, snap: ImportSnapshot, source: str, progress: ImportProgress
+    ) -> ImportCounts:
+        """Copy a SQLite mailbox's rows in ONE transaction, noted in sqlite_imports under `import_id`
+        in that same transaction: a second run with the same id waits for this one, then copies nothing
+        and answers the first copy's counts (`recovered`). `progress` says how far it got, for the
+        caller's note in the SQLite file. A row PostgreSQL refuses rolls it all back (ImportRefused)."""
+        at = now_iso()
+        try:
+            async with self._tx() as conn:
+                fresh = await conn.fetchval(
+                    "INSERT INTO sqlite_imports (import_id, source, host, imported_at) VALUES ($1, $2, $3, $4)"
+                    " ON CONFLICT (import_id) DO NOTHING RETURNING 1",
+                    import_id,
+                    source,
+                    self.host,
+                    at,
+                )
+                if not fresh:
+                    progress.may_have_committed = True  # an earlier run's copy is there
+                    row = await conn.fetchrow(
+                        "SELECT imported_at, mailboxes, sessions, pending, delivered, keys FROM sqlite_imports"
+                        " WHERE import_id = $1",
+                        import_id,
+                    )
+                    imported_at, mailboxes, sessions, pending, delivered, keys = row
+                    return ImportCounts(
+                        imported_at, int(mailboxes), int(sessions), int(pending), int(delivered), int(keys), True
+                    )
+                progress.copying = True
+                mailboxes = await _copy_mailboxes(conn, snap)
+                sessions = await _copy_sessions(conn, snap, self.host)
+                new_ids = await _copy_messages(conn, snap)
+                keys = await _copy_keys(conn, snap, new_ids)
+                pending = sum(1 for row in snap.messages if row[5] is None)
+                counts = ImportCounts(at, mailboxes, sessions, pending, len(snap.messages) - pending, keys)
+                await conn.execute(
+                    "UPDATE sqlite_imports SET mailboxes = $2, sessions = $3, pending = $4, delivered = $5, keys = $6"
+                    " WHERE import_id = $1",
+                    import_id,
+                    mailboxes,
+                    sessions,
+                    counts.pending,
+                    counts.delivered,
+                    keys,
+                )
+                progress.may_have_committed = True  # from here the COMMIT may reach the server, whatever we hear
+        except asyncpg.PostgresError as exc:  # e.g. a value PostgreSQL cannot store; rolled back
+            raise ImportRefused(
+                f"PostgreSQL at {self.description} refused the copy, nothing was imported: "
+                f"{exc.__class__.__name__}: {exc}"
+            ) from None
+        return counts
+
+
+class ImportRefused(StoreUnavailable):
+    """PostgreSQL refused a row of an import: the whole copy was rolled back."""
+
+
+IMPORT_BATCH_ROWS = 5000  # rows per PostgreSQL command
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as one list per column, for unnest($1::type[], ...)."""
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+async def _copy_mailboxes(conn: Any, snap: ImportSnapshot) -> int:
+    # A name PostgreSQL already has (the same mailbox used on another machine) is merged: the earliest
+    # creation, the latest sighting; its alias stays as the shared database has it.
+    await conn.execute(
+        "INSERT INTO mailboxes (name, created_at, last_seen, alias_of)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
+        " ON CONFLICT (name) DO UPDATE SET created_at = least(mailboxes.created_at, excluded.created_at),"
+        " last_seen = greatest(mailboxes.last_seen, excluded.last_seen)",
+        # SQLite's sends read an empty alias as none (nullif); PostgreSQL's would follow it.
+        *_columns([(name, created, seen, alias or None) for name, created, seen, alias in snap.mailboxes], 4),
+    )
+    return len(snap.mailboxes)
+
+
+async def _copy_sessions(conn: Any, snap: ImportSnapshot, host: str) -> int:
+    # SQLite's loose typing: a pid start time may have been stored as an integer.
+    rows_in = [
+        (*row[:3], None if row[3] is None else float(row[3]), *row[4:10], int(row[10] or 0)) for row in snap.sessions
+    ]
+    rows = await conn.fetch(
+        "INSERT INTO sessions (session_id, mailbox, claude_pid, pid_started, cwd, project_dir, source, started_at,"
+        " ended_at, end_reason, collaborate, host)"
+        " SELECT *, $12::text FROM unnest($1::text[], $2::text[], $3::bigint[], $4::float8[], $5::text[],"
+        " $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int[])"
+        " ON CONFLICT (session_id) DO NOTHING RETURNING 1",
+        *_columns(rows_in, 11),
+        host,
+    )
+    return len(rows)
+
+
+async def _copy_messages(conn: Any, snap: ImportSnapshot) -> dict[int, int]:
+    """Old id -> new id. The new ids come from PostgreSQL's sequence (never another machine's) and are
+    given out in the old order, so every inbox keeps its order."""
+    if not snap.messages:
+        return {}
+    allocated = await conn.fetch(
+        "SELECT nextval(pg_get_serial_sequence('messages', 'id')) FROM generate_series(1, $1::int)",
+        len(snap.messages),
+    )
+    new_ids = sorted(int(row[0]) for row in allocated)
+    records = [
+        (new_id, sender, recipient, body, created_at, delivered_at, len(body), len(json.dumps(body)), int(attempts))
+        for new_id, (_, sender, recipient, body, created_at, delivered_at, attempts) in zip(
+            new_ids, snap.messages, strict=True
+        )
+    ]
+    # COPY fires the insert trigger row by row: pending counts and wake-ups as for a send. In batches, so
+    # each command stays well within the pool's command_timeout whatever the file's size.
+    for start in range(0, len(records), IMPORT_BATCH_ROWS):
+        await conn.copy_records_to_table(
+            "messages",
+            records=records[start : start + IMPORT_BATCH_ROWS],
+            columns=["id", "sender", "recipient", "body", "created_at", "delivered_at", "chars", "quoted", "attempts"],
+        )
+    return {int(row[0]): new_id for row, new_id in zip(snap.messages, new_ids, strict=True)}
+
+
+async def _copy_keys(conn: Any, snap: ImportSnapshot, new_ids: dict[int, int]) -> int:
+    mapped = [(sender, key, new_ids[old], at) for sender, key, old, at in snap.keys if old in new_ids]
+    copied = 0
+    for start in range(0, len(mapped), IMPORT_BATCH_ROWS):
+        rows = await conn.fetch(
+            "INSERT INTO idempotency (sender, key, message_id, created_at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])"
+            " ON CONFLICT (sender, key) DO NOTHING RETURNING 1",
+            *_columns(mapped[start : start + IMPORT_BATCH_ROWS], 4),
+        )
+        copied += len(rows)
+    return copied

@@ -13,9 +13,9 @@ from aiohttp import web
 
 from claude_mailbox import __version__, hookapi, identity, schemas
 from claude_mailbox.errors import InvalidInput, NotFound
+from claude_mailbox.model import FeedFilter
 from claude_mailbox.schemas import mailbox_json
 from claude_mailbox.service import Caller, Delivery, MailboxService
-from claude_mailbox.store import FeedFilter
 
 SERVICE = web.AppKey("service", MailboxService)
 

@@ -283,6 +283,7 @@ class Health(TypedDict):
     port: NotRequired[int]
     waiters: NotRequired[Annotated[int, Json("Open long-polls.")]]
     auth: NotRequired[Annotated[Literal["token", "none"], Json("token: every other route needs Authorization: Bearer")]]
+    schema: NotRequired[Annotated[int, Json("The database schema version (one numbering on SQLite and PostgreSQL).")]]
 
 
 # --- MCP tool arguments --------------------------------------------------------------------------

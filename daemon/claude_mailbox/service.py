@@ -33,20 +33,21 @@ from claude_mailbox.errors import (
     StoreBusy,
     StoreUnavailable,
 )
-from claude_mailbox.messages import Message
-from claude_mailbox.ratelimit import RateLimiter
-from claude_mailbox.store import (
+from claude_mailbox.model import (
     Cost,
     FeedFilter,
     Lease,
     LeaseTerms,
     Mailbox,
+    Message,
     Registration,
     Rename,
+    SendRequest,
     Sent,
-    Store,
     iso_before,
 )
+from claude_mailbox.ratelimit import RateLimiter
+from claude_mailbox.store import Store
 from claude_mailbox.storeapi import MailboxStore, ThreadedStore
 from claude_mailbox.waiters import Waiter, WaiterRegistry, Wake
 
@@ -150,6 +151,7 @@ class MailboxService:
         self.reporters: list[Callable[[], dict[str, Any]]] = []
         self._executor = DbThread("mailbox-db")
         self._store: MailboxStore | None = None
+        self._schema_version: int | None = None
         self.host_id = config.host_id or socket.gethostname()
         # Answers being written that the daemon acknowledges afterwards (ack=auto): mailbox -> lease
         # id -> set once settled. Reads of that mailbox wait for them (see _settle_later).
@@ -171,11 +173,13 @@ class MailboxService:
             pg.listen(self._remote_wake)
             pg.heartbeat(liveness.is_alive)
             self._store = pg
-            return
-        self._store = await ThreadedStore.open(
-            self._executor,
-            lambda: Store(config.database, durability=config.durability, busy_timeout_ms=config.busy_timeout_ms),
-        )
+        else:
+            self._store = await ThreadedStore.open(
+                self._executor,
+                lambda: Store(config.database, durability=config.durability, busy_timeout_ms=config.busy_timeout_ms),
+            )
+        # Opening migrated the database: its version stays what /health reports (model.SCHEMA_STEPS).
+        self._schema_version = await self._store.schema_version()
 
     def _remote_wake(self, kind: str, mailbox: str, detail: str | None) -> None:
         """Another daemon sharing the database stored mail for (or renamed) a mailbox waited on here."""
@@ -243,7 +247,7 @@ class MailboxService:
         key = validate_idempotency_key(idempotency_key)
         self.rate_limiter.take(sender)
         limit = self.config.max_pending_per_mailbox
-        sent = await self.store.send(sender, recipient, text, max_pending=limit, idempotency_key=key)
+        sent = await self.store.send(SendRequest(sender, recipient, text, max_pending=limit, idempotency_key=key))
         if not sent.repeated:
             self.waiters.notify(sent.message.recipient, Wake("mail"))
         return sent
@@ -602,6 +606,7 @@ class MailboxService:
             "port": self.config.port,
             "waiters": self.waiters.total(),
             "auth": self.config.auth,  # "token" or "none": status and doctor show it
+            **({"schema": self._schema_version} if self._schema_version is not None else {}),
             **{key: value for report in self.reporters for key, value in report().items()},
         }
 

@@ -19,16 +19,15 @@ import errno
 import json
 import os
 import secrets
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import apsw
 
+from claude_mailbox import rowmap
 from claude_mailbox.errors import (
+    InvalidInput,
     LeaseNotFound,
     MailboxError,
     MailboxFull,
@@ -36,135 +35,41 @@ from claude_mailbox.errors import (
     StoreBusy,
     StoreUnavailable,
 )
-from claude_mailbox.messages import Message
+from claude_mailbox.hooktext import RENDERED_OVERHEAD
+from claude_mailbox.model import (
+    IDEMPOTENCY_SECONDS,
+    JSON_OVERHEAD,
+    Cost,
+    FeedFilter,
+    ImportMarker,
+    ImportSnapshot,
+    Lease,
+    LeaseTerms,
+    Mailbox,
+    Message,
+    Registration,
+    Rename,
+    SendRequest,
+    Sent,
+    Session,
+    iso_after,
+    iso_before,
+    latest_schema,
+    now_iso,
+    schema_steps,
+)
 
-
-def now_iso() -> str:
-    """UTC with milliseconds; lexicographic order is time order."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"  # 2x faster than strftime
-
-
-def iso_before(seconds: float) -> str:
-    moment = datetime.fromtimestamp(time.time() - seconds, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def iso_after(seconds: float) -> str:
-    return iso_before(-seconds)
-
-
-IDEMPOTENCY_SECONDS = 24 * 3600  # a repeated send with the same key within this window stores nothing
-ISO_LENGTH = len("2026-01-01T00:00:00.000Z")  # every created_at is now_iso()'s fixed-width form
-
-# What a message costs against a budget, in SQL over the pending index (no body is read):
-# "chars" the body's characters (maxChars, the seed's meaning); "rendered" one hook line
-# (hooktext.render_message + newline); "json" its bytes in a JSON answer (ensure_ascii, with the
-# delivery fields), so a page of them stays within max_response_bytes.
-Cost = Literal["chars", "rendered", "json"]
-_COST_SQL: dict[str, str] = {
+# What a message costs against a budget (model.Cost), from the body sizes kept in the pending index:
+# the per-message overheads are defined next to the text they measure.
+_COST_SQL: dict[Cost, str] = {
     "chars": "m.chars",
-    "rendered": f"m.quoted + length(m.sender) + length(m.id) + {len('Message # from  at : ') + ISO_LENGTH + 1}",
-    "json": "m.quoted + length(m.sender) + length(m.id) + 120",
+    "rendered": f"m.quoted + length(m.sender) + length(m.id) + {RENDERED_OVERHEAD}",
+    "json": f"m.quoted + length(m.sender) + length(m.id) + {JSON_OVERHEAD}",
 }
+_M_COLUMNS = ", ".join(f"m.{column}" for column in rowmap.MESSAGE_COLUMNS.split(", "))  # joined with another table
 
 
-@dataclass(frozen=True)
-class Lease:
-    """Messages handed out under a lease: delivered only when `ack` names `id` before `expires_at`."""
-
-    id: str | None  # None when nothing was taken (no lease to acknowledge)
-    mailbox: str
-    expires_at: str | None
-    messages: list[Message]
-    remaining: int  # pending and not under a live lease after this call (left for the next read)
-    oversized: int = 0  # of those, skipped because each alone exceeds the budget (skip_oversized)
-
-
-@dataclass(frozen=True)
-class Sent:
-    message: Message
-    repeated: bool  # an idempotency key seen within the window: the original, nothing new stored
-
-
-@dataclass(frozen=True)
-class Mailbox:
-    name: str
-    created_at: str
-    last_seen: str
-    pending: int
-    alias_of: str | None
-    session_id: str | None
-    claude_pid: int | None
-    pid_started: float | None
-    project_dir: str | None
-    ended_at: str | None
-    collaborate: bool
-    # PostgreSQL only (several machines): the host whose daemon registered the session, and when that
-    # daemon last said it is running (pgstore's heartbeat). None on SQLite: everything is this host.
-    host: str | None = None
-    host_seen: str | None = None
-
-
-@dataclass(frozen=True)
-class LeaseTerms:
-    """What a read asks of a store's `lease`: one value, so every store implementation names it once.
-
-    With a `budget`, messages are taken in order while their summed `cost` fits; the rest stay for
-    the next read. A first message that alone exceeds the budget is left too (for a reader without
-    that limit). With `skip_oversized`, messages that can never fit are stepped over and counted in
-    `oversized`. `limit` caps the count. `max_bytes` bounds the JSON answer (the first message is
-    always taken, so paging makes progress)."""
-
-    lease_seconds: float
-    budget: int | None = None
-    cost: Cost = "chars"
-    limit: int | None = None
-    skip_oversized: bool = False
-    max_bytes: int | None = None
-
-
-@dataclass(frozen=True)
-class Registration:
-    """What a SessionStart registers: one value, so every store implementation names it once."""
-
-    session_id: str
-    mailbox: str
-    claude_pid: int | None
-    pid_started: float | None
-    cwd: str | None
-    project_dir: str | None
-    source: str | None
-
-    def row(self) -> tuple[str, str, int | None, float | None, str | None, str | None, str | None]:
-        """The values in the sessions table's column order."""
-        return (
-            self.session_id,
-            self.mailbox,
-            self.claude_pid,
-            self.pid_started,
-            self.cwd,
-            self.project_dir,
-            self.source,
-        )
-
-
-@dataclass(frozen=True)
-class Session(Registration):
-    """A registered session: what its SessionStart said, and what happened since."""
-
-    started_at: str
-    ended_at: str | None
-    collaborate: bool
-
-
-@dataclass(frozen=True)
-class Rename:
-    old: str
-    new: str
-    moved: int  # pending messages moved to the new name
-
-
-# --- migrations: ordered, each idempotent, recorded in PRAGMA user_version ----------------------
+# --- migrations: model.SCHEMA_STEPS, each idempotent, recorded in PRAGMA user_version ---------------
 
 
 def _migration_1_messages(db: apsw.Connection) -> None:
@@ -292,13 +197,15 @@ def _migration_4_threads(db: apsw.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS messages_thread ON messages (sender, recipient, id)")
 
 
+# model.SCHEMA_STEPS that SQLite takes, in order (tests/test_schema.py checks the names match).
 MIGRATIONS: list[Callable[[apsw.Connection], None]] = [
     _migration_1_messages,
     _migration_2_sessions,
     _migration_3_delivery,
     _migration_4_threads,
 ]
-SCHEMA_VERSION = len(MIGRATIONS)
+_STEPS = dict(zip((step.version for step in schema_steps("sqlite")), MIGRATIONS, strict=True))
+SCHEMA_VERSION = latest_schema("sqlite")
 
 
 # Exactly one row: the recipient's alias (or NULL), whether its mailbox row exists, and the pending
@@ -496,8 +403,9 @@ class Store:
                 raise MailboxError(
                     f"{self.path} was written by a newer claude-mailbox (schema {version}); upgrade to open it"
                 )
-            for migration in MIGRATIONS[version:]:
-                migration(db)
+            for number, migration in _STEPS.items():
+                if number > version:
+                    migration(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def schema_version(self) -> int:
@@ -535,17 +443,10 @@ class Store:
 
     # --- messages -----------------------------------------------------------------------------
 
-    def send(
-        self,
-        sender: str,
-        recipient: str,
-        body: str,
-        *,
-        max_pending: int | None = None,
-        idempotency_key: str | None = None,
-    ) -> Sent:
-        """Store one message. With an `idempotency_key` already used by this sender within
-        IDEMPOTENCY_SECONDS, return that first message (`repeated`) and store nothing."""
+    def send(self, request: SendRequest) -> Sent:
+        """Store one message (model.SendRequest says what a repeated key and max_pending do)."""
+        sender, recipient, body = request.sender, request.recipient, request.body
+        max_pending, idempotency_key = request.max_pending, request.idempotency_key
         at = now_iso()
         with self._write() as db:
             if idempotency_key is not None:
@@ -582,11 +483,11 @@ class Store:
         db.execute("DELETE FROM idempotency WHERE created_at < ?", (iso_before(IDEMPOTENCY_SECONDS),))
         rows = _rows(
             db,
-            "SELECT m.id, m.sender, m.recipient, m.body, m.created_at, m.delivered_at FROM idempotency k"
-            " JOIN messages m ON m.id = k.message_id WHERE k.sender = ? AND k.key = ?",
+            f"SELECT {_M_COLUMNS} FROM idempotency k JOIN messages m ON m.id = k.message_id"
+            " WHERE k.sender = ? AND k.key = ?",
             (sender, key),
         )
-        return Message(*rows[0]) if rows else None
+        return rowmap.message(rows[0]) if rows else None
 
     @staticmethod
     def _pending_count(db: apsw.Connection, name: str) -> int:
@@ -650,9 +551,7 @@ class Store:
                 " JOIN messages m ON m.id = f.message_id WHERE f.lease_id = ? ORDER BY m.id",
                 (lease_id,),
             ).fetchall()
-        messages = [
-            Message(i, sender, name, body, created, None, attempts) for i, sender, body, created, attempts in rows
-        ]
+        messages = [rowmap.leased(row, name) for row in rows]
         return Lease(lease_id, name, expires_at, messages, max(0, remaining), oversized)
 
     def ack(self, name: str, lease_id: str) -> int:
@@ -712,19 +611,12 @@ class Store:
         return {name: int(count) for name, count in rows}
 
     def message(self, message_id: int) -> Message | None:
-        rows = self._read(
-            "SELECT id, sender, recipient, body, created_at, delivered_at FROM messages WHERE id = ?", (message_id,)
-        )
-        return Message(*rows[0]) if rows else None
+        rows = self._read(f"SELECT {rowmap.MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,))
+        return rowmap.message(rows[0]) if rows else None
 
     def all_messages(self) -> list[Message]:
         """Every message, for audits and the fault tests."""
-        return [
-            Message(*row)
-            for row in self._read(
-                "SELECT id, sender, recipient, body, created_at, delivered_at FROM messages ORDER BY id"
-            )
-        ]
+        return [rowmap.message(row) for row in self._read(f"SELECT {rowmap.MESSAGE_COLUMNS} FROM messages ORDER BY id")]
 
     def prune(self, delivered_before: str, *, dry_run: bool = False) -> int:
         """Delete delivered mail delivered before the given time. Pending mail is never pruned."""
@@ -765,65 +657,30 @@ class Store:
             ORDER BY m.last_seen DESC, m.name
             """
         )
-        return [
-            Mailbox(
-                name=name,
-                created_at=created_at,
-                last_seen=last_seen,
-                pending=int(pending),
-                alias_of=alias_of,
-                session_id=session_id,
-                claude_pid=claude_pid,
-                pid_started=pid_started,
-                project_dir=project_dir,
-                ended_at=ended_at,
-                collaborate=bool(collaborate),
-            )
-            for (
-                name,
-                created_at,
-                last_seen,
-                alias_of,
-                pending,
-                session_id,
-                claude_pid,
-                pid_started,
-                project_dir,
-                ended_at,
-                collaborate,
-            ) in rows
-        ]
+        return [rowmap.mailbox(row) for row in rows]
 
     # --- sessions ----------------------------------------------------------------------------
 
-    _SESSION_COLUMNS = (
-        "session_id, mailbox, claude_pid, pid_started, cwd, project_dir, source, started_at, ended_at, collaborate"
-    )
-
-    def _session_from(self, row: tuple[Any, ...]) -> Session:
-        *head, collaborate = row
-        return Session(*head, collaborate=bool(collaborate))  # type: ignore[misc]  # head: the 9 other columns
-
     def session(self, session_id: str) -> Session | None:
-        rows = self._read(f"SELECT {self._SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,))
-        return self._session_from(rows[0]) if rows else None
+        rows = self._read(f"SELECT {rowmap.SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,))
+        return rowmap.session(rows[0]) if rows else None
 
     def session_for_pid(self, claude_pid: int) -> Session | None:
         """The newest session of a Claude Code process (after /clear, the new one)."""
         rows = self._read(
-            f"SELECT {self._SESSION_COLUMNS} FROM sessions WHERE claude_pid = ? ORDER BY started_at DESC, rowid DESC"
+            f"SELECT {rowmap.SESSION_COLUMNS} FROM sessions WHERE claude_pid = ? ORDER BY started_at DESC, rowid DESC"
             " LIMIT 1",
             (claude_pid,),
         )
-        return self._session_from(rows[0]) if rows else None
+        return rowmap.session(rows[0]) if rows else None
 
     def session_for_mailbox(self, mailbox: str) -> Session | None:
         rows = self._read(
-            f"SELECT {self._SESSION_COLUMNS} FROM sessions WHERE mailbox = ? ORDER BY started_at DESC, rowid DESC"
+            f"SELECT {rowmap.SESSION_COLUMNS} FROM sessions WHERE mailbox = ? ORDER BY started_at DESC, rowid DESC"
             " LIMIT 1",
             (mailbox,),
         )
-        return self._session_from(rows[0]) if rows else None
+        return rowmap.session(rows[0]) if rows else None
 
     def register_session(self, start: Registration, rename_from: str | None = None) -> Rename | None:
         """Record a session start. With `rename_from` (after /clear), move that mailbox's pending mail
@@ -910,11 +767,11 @@ class Store:
             order = "ASC" if after_id is not None else "DESC"
             rows = _rows(
                 self.db,
-                "SELECT id, sender, recipient, body, created_at, delivered_at FROM messages"
+                f"SELECT {rowmap.MESSAGE_COLUMNS} FROM messages"
                 f" WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT :limit",
                 {"newest": newest, "after": after_id, "limit": limit, "name": name, "peer": peer, "since": since},
             )
-        messages = [Message(*row) for row in rows]
+        messages = [rowmap.message(row) for row in rows]
         if order == "DESC":
             messages.reverse()
             return messages, newest
@@ -922,11 +779,175 @@ class Store:
         return messages, messages[-1].id if full_page else max(newest, after_id or 0)
 
 
-@dataclass(frozen=True)
-class FeedFilter:
-    """Which mail a feed shows: `name` from or to it; with `peer` too, only between the two;
-    `since` created at or after (ISO, UTC)."""
+# --- `import-sqlite` (setup/importer.py): the SQLite side of the move into PostgreSQL ----------------
 
-    name: str | None = None
-    peer: str | None = None
-    since: str | None = None
+IMPORT_MARKER = "pg_import"  # the file's note of its import: one row, committed before the copy
+IMPORT_BUSY_TIMEOUT_MS = 5000  # a starting daemon holds the write lock briefly (its migration)
+
+
+class ImportFile:
+    """A SQLite mailbox being copied into PostgreSQL: its rows are read on a read-only connection (an
+    older file is first migrated by Store, as its next start would); the only write is the import's
+    note, on a second connection that also holds the write lock while the copy runs, so a daemon
+    started meanwhile cannot take mail that would stay behind. Failures name the file; `busy_hint`
+    says what to do when another process holds it."""
+
+    def __init__(self, path: Path, busy_hint: str) -> None:
+        self.path = path
+        self._hint = busy_hint
+        self._writer: apsw.Connection | None = None
+        self._reader = self._open_reader()
+
+    @contextlib.contextmanager
+    def _errors(self, *, writing: bool = False) -> Iterator[None]:
+        """SQLite failures as one line naming the file (`writing`: the import's note in it)."""
+        path = self.path
+        try:
+            yield
+        except MailboxError:
+            raise
+        except apsw.BusyError:
+            raise StoreBusy(f"{path} is locked by another process (a daemon using it?): {self._hint}") from None
+        except (apsw.NotADBError, apsw.CorruptError) as exc:
+            raise StoreUnavailable(f"{path} is not a valid claude-mailbox database ({exc})") from None
+        except (apsw.ReadOnlyError, apsw.CantOpenError, apsw.PermissionsError) as exc:
+            if not writing:
+                raise StoreUnavailable(f"cannot open {path}: {exc}") from None
+            raise StoreUnavailable(
+                f"cannot write to {path} ({exc}): import-sqlite notes the import in it, so a second run cannot "
+                "copy the mail twice; make it writable by this user and run again"
+            ) from None
+        except apsw.Error as exc:
+            raise StoreUnavailable(f"cannot read {path}: {exc}") from None
+
+    def _open_reader(self) -> apsw.Connection:
+        path = self.path
+        with self._errors():
+            db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            with self._errors():
+                tables = {str(row[0]) for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                version = int(_rows(db, "PRAGMA user_version")[0][0])
+            if not {"mailboxes", "messages"} <= tables:
+                raise InvalidInput(f"{path} is not a claude-mailbox database (it has no mailboxes and messages tables)")
+            if version > SCHEMA_VERSION:
+                raise InvalidInput(
+                    f"{path} was written by a newer claude-mailbox (schema {version}); upgrade to import it"
+                )
+            if version < SCHEMA_VERSION:
+                db.close()
+                Store(path).close()  # the daemon's migrations: its leases, counts and key tables exist after
+                with self._errors():
+                    db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+            return db
+        except BaseException:
+            db.close()
+            raise
+
+    def marker(self, *, on_writer: bool = False) -> ImportMarker | None:
+        """The file's import note, None before any run (read on the writing connection: under its lock)."""
+        db = self._writer if on_writer and self._writer is not None else self._reader
+        with self._errors():
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (IMPORT_MARKER,)).fetchall():
+                return None
+            rows = _rows(db, f"SELECT import_id, database, started_at, finished_at FROM {IMPORT_MARKER}")
+        return ImportMarker(*rows[0]) if rows else None
+
+    def open_writer(self) -> None:
+        with self._errors(writing=True):
+            self._writer = apsw.Connection(str(self.path))
+        self._writer.set_busy_timeout(IMPORT_BUSY_TIMEOUT_MS)
+
+    def _writing(self) -> apsw.Connection:
+        if self._writer is None:
+            raise RuntimeError("open_writer() first")
+        return self._writer
+
+    def claim(self, database: str, check: Callable[[ImportMarker | None], None]) -> str:
+        """The id of this file's import into `database`, noted (and committed) before the copy: a new
+        one, or that of a run that did not finish (its copy may have committed: PostgreSQL's
+        sqlite_imports row tells). `check` may refuse the note found, under the write lock."""
+        writer = self._writing()
+        with self._errors(writing=True):
+            writer.execute("BEGIN IMMEDIATE")
+            try:
+                writer.execute(
+                    f"CREATE TABLE IF NOT EXISTS {IMPORT_MARKER} (import_id TEXT PRIMARY KEY, database TEXT NOT NULL,"
+                    " started_at TEXT NOT NULL, finished_at TEXT, counts TEXT)"
+                )
+                marker = self.marker(on_writer=True)
+                check(marker)
+                if marker is None:
+                    import_id = secrets.token_hex(16)
+                    writer.execute(
+                        f"INSERT INTO {IMPORT_MARKER} (import_id, database, started_at) VALUES (?, ?, ?)",
+                        (import_id, database, now_iso()),
+                    )
+                else:
+                    import_id = marker.import_id
+                writer.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(apsw.Error):
+                    if writer.in_transaction:
+                        writer.execute("ROLLBACK")
+                raise
+        return import_id
+
+    def lock(self) -> None:
+        """Take the write lock until finish() or abandon(): no daemon writes this file meanwhile."""
+        with self._errors(writing=True):
+            self._writing().execute("BEGIN IMMEDIATE")
+
+    def snapshot(self) -> ImportSnapshot:
+        fresh_keys = iso_before(IDEMPOTENCY_SECONDS)  # older keys no longer answer "repeated"
+        db = self._reader
+        with self._errors():
+            return ImportSnapshot(
+                mailboxes=_rows(db, "SELECT name, created_at, last_seen, alias_of FROM mailboxes ORDER BY rowid"),
+                sessions=_rows(
+                    db,
+                    "SELECT session_id, mailbox, claude_pid, pid_started, cwd, project_dir, source, started_at,"
+                    " ended_at, end_reason, collaborate FROM sessions ORDER BY started_at, rowid",
+                ),
+                # Attempts survive, leases do not: mail under a lease is pending again, as after its expiry.
+                messages=_rows(
+                    db,
+                    "SELECT m.id, m.sender, m.recipient, m.body, m.created_at, m.delivered_at, coalesce(f.attempts, 0)"
+                    " FROM messages m LEFT JOIN inflight f ON f.message_id = m.id ORDER BY m.id",
+                ),
+                keys=_rows(
+                    db,
+                    "SELECT sender, key, message_id, created_at FROM idempotency WHERE created_at >= ?",
+                    (fresh_keys,),
+                ),
+            )
+
+    def finish(self, import_id: str, finished_at: str, counts: str) -> None:
+        """Note the copy as committed (`counts`: its JSON summary) and release the lock."""
+        writer = self._writing()
+        with self._errors(writing=True):
+            writer.execute(
+                f"UPDATE {IMPORT_MARKER} SET finished_at = ?, counts = ? WHERE import_id = ?",
+                (finished_at, counts, import_id),
+            )
+            writer.execute("COMMIT")
+
+    def abandon(self, import_id: str, *, rolled_back: bool) -> None:
+        """Release the lock after a failure. A copy certainly `rolled_back` frees the note (under our
+        lock), so the file may go to another database; otherwise the note stays for the next run."""
+        writer = self._writing()
+        with contextlib.suppress(apsw.Error):
+            if rolled_back and writer.in_transaction:
+                writer.execute(f"DELETE FROM {IMPORT_MARKER} WHERE import_id = ? AND finished_at IS NULL", (import_id,))
+                writer.execute("COMMIT")
+            elif writer.in_transaction:
+                writer.execute("ROLLBACK")
+
+    def close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def close(self) -> None:
+        self.close_writer()
+        self._reader.close()

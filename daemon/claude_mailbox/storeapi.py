@@ -11,8 +11,19 @@ from collections.abc import Callable
 from typing import Protocol
 
 from claude_mailbox.dbthread import DbThread
-from claude_mailbox.messages import Message
-from claude_mailbox.store import FeedFilter, Lease, LeaseTerms, Mailbox, Registration, Rename, Sent, Session, Store
+from claude_mailbox.model import (
+    FeedFilter,
+    Lease,
+    LeaseTerms,
+    Mailbox,
+    Message,
+    Registration,
+    Rename,
+    SendRequest,
+    Sent,
+    Session,
+)
+from claude_mailbox.store import Store
 
 # Called with (kind, mailbox, detail) when another daemon sharing the database stored mail for a
 # mailbox ("mail") or renamed one ("renamed", detail: the new name): wakes this daemon's waiters.
@@ -30,15 +41,7 @@ class MailboxStore(Protocol):
     async def checkpoint(self) -> None: ...
     async def touch(self, name: str) -> None: ...
     async def alias_target(self, name: str) -> str | None: ...
-    async def send(
-        self,
-        sender: str,
-        recipient: str,
-        body: str,
-        *,
-        max_pending: int | None = None,
-        idempotency_key: str | None = None,
-    ) -> Sent: ...
+    async def send(self, request: SendRequest) -> Sent: ...
     async def lease(self, name: str, terms: LeaseTerms) -> Lease: ...
     async def ack(self, name: str, lease_id: str) -> int: ...
     async def release(self, lease_id: str) -> None: ...
@@ -89,20 +92,10 @@ class ThreadedStore:
     async def alias_target(self, name: str) -> str | None:
         return await self._thread.run(lambda: self.sync.alias_target(name))
 
-    async def send(
-        self,
-        sender: str,
-        recipient: str,
-        body: str,
-        *,
-        max_pending: int | None = None,
-        idempotency_key: str | None = None,
-    ) -> Sent:
+    async def send(self, request: SendRequest) -> Sent:
         store = self.sync
-        return await self._thread.run(
-            lambda: store.send(sender, recipient, body, max_pending=max_pending, idempotency_key=idempotency_key),
-            group=store.group,  # sends waiting together share one commit (dbthread.py)
-        )
+        # Sends waiting together share one commit (dbthread.py).
+        return await self._thread.run(lambda: store.send(request), group=store.group)
 
     async def lease(self, name: str, terms: LeaseTerms) -> Lease:
         return await self._thread.run(lambda: self.sync.lease(name, terms))
