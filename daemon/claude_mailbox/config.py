@@ -16,10 +16,10 @@ from typing import Any
 from claude_mailbox import fsutil, paths
 from claude_mailbox.auth import MODES as AUTH_MODES
 from claude_mailbox.errors import ConfigError
-from claude_mailbox.locate import is_loopback
+from claude_mailbox.locate import DEFAULT_BIND, is_loopback
 
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::"})
-DEFAULT_LOOPBACK = "127.0.0.1"
+DEFAULT_LOOPBACK = DEFAULT_BIND  # what a wildcard bind (0.0.0.0) is reached at from here
 _PATH_KEYS = {"tls_cert", "tls_key", "tls_ca"}
 _BOOL_KEYS = {"insecure_remote"}
 DURABILITY_LEVELS = ("normal", "full")

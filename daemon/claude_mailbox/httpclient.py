@@ -13,7 +13,7 @@ import _socket
 import os
 
 from claude_mailbox.errors import DaemonUnreachable, MailboxError
-from claude_mailbox.locate import Endpoint, data_dir
+from claude_mailbox.locate import CONFIG_FILE, Endpoint, data_dir
 
 TYPE_CHECKING = False  # not `typing`: importing it costs a hook ~5 ms (mypy knows this name)
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def _tls() -> ssl.SSLContext:
 def _configured_ca() -> str | None:
     """`tls_ca` from config.toml, else its `tls_cert` (the daemon's own machine: a self-signed
     certificate is its own CA), read without the config module (only https requests pay for it)."""
-    path = os.path.join(data_dir(), "config.toml")
+    path = os.path.join(data_dir(), CONFIG_FILE)
     if not os.path.isfile(path):
         return None
     import tomllib

@@ -24,14 +24,18 @@ DEFAULT_BIND = "127.0.0.1"
 DEFAULT_URL = f"http://{DEFAULT_BIND}:{DEFAULT_PORT}"
 URL_FILE = "daemon.url"
 URL_ENV = "CLAUDE_MAILBOX_URL"
+HOME_ENV = "CLAUDE_MAILBOX_HOME"  # moves the whole data dir (tests point it at a temporary folder)
+CONFIG_FILE = "config.toml"
+LEGACY_CONFIG_FILE = "mailbox.json"  # the seed product's JSON config, still read
 
 # Where a resolved address came from, as `resolve()` names it (doctor and status show it).
-FROM_FLAG, FROM_ENV, FROM_URL_FILE, FROM_CONFIG, FROM_DEFAULT = "--url", URL_ENV, URL_FILE, "config.toml", "default"
+FROM_FLAG, FROM_ENV, FROM_URL_FILE, FROM_CONFIG, FROM_DEFAULT = "--url", URL_ENV, URL_FILE, CONFIG_FILE, "default"
 
 
 def data_dir() -> str:
-    """`CLAUDE_MAILBOX_HOME`, else ~/.claude-mailbox. The only place that decides it."""
-    return os.environ.get("CLAUDE_MAILBOX_HOME") or os.path.join(os.path.expanduser("~"), ".claude-mailbox")
+    """`CLAUDE_MAILBOX_HOME`, else ~/.claude-mailbox: the one place that decides it (paths.data_dir
+    is this as a Path)."""
+    return os.environ.get(HOME_ENV) or os.path.join(os.path.expanduser("~"), ".claude-mailbox")
 
 
 def running_daemon_url() -> str | None:
@@ -47,7 +51,7 @@ def configured_url() -> str | None:
     """The address config.toml (or mailbox.json) gives, None without a config file or when it is
     broken (the verbs that need the config report that; resolving an address must not fail)."""
     home = data_dir()
-    if not any(os.path.isfile(os.path.join(home, name)) for name in ("config.toml", "mailbox.json")):
+    if not any(os.path.isfile(os.path.join(home, name)) for name in (CONFIG_FILE, LEGACY_CONFIG_FILE)):
         return None
     from claude_mailbox import config
     from claude_mailbox.errors import MailboxError
