@@ -234,7 +234,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     """Start the daemon at the resolved address, as a session start would: through the service
     manager when autostart is registered, else as a detached process."""
     from claude_mailbox.client import probe_health
-    from claude_mailbox.httpclient import Endpoint
+    from claude_mailbox.locate import Endpoint
     from claude_mailbox.setup import autostart
 
     url = locate.daemon_url(args.url)

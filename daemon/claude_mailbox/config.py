@@ -16,10 +16,10 @@ from typing import Any
 from claude_mailbox import fsutil, paths
 from claude_mailbox.auth import MODES as AUTH_MODES
 from claude_mailbox.errors import ConfigError
+from claude_mailbox.locate import DEFAULT_BIND, is_loopback
 
-LOOPBACK_BINDS = frozenset({"127.0.0.1", "localhost", "::1"})
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::"})
-DEFAULT_LOOPBACK = "127.0.0.1"
+DEFAULT_LOOPBACK = DEFAULT_BIND  # what a wildcard bind (0.0.0.0) is reached at from here
 _PATH_KEYS = {"tls_cert", "tls_key", "tls_ca"}
 _BOOL_KEYS = {"insecure_remote"}
 DURABILITY_LEVELS = ("normal", "full")
@@ -229,10 +229,6 @@ def _check_db_path(db_path: Path, origin: str) -> None:
             if not parent.is_dir():
                 raise ConfigError(f"{origin}: db_path {db_path}: {parent} is a file, not a directory")
             return
-
-
-def is_loopback(bind: str) -> bool:
-    return bind in LOOPBACK_BINDS or bind.startswith("127.")
 
 
 def write_setting(key: str, value: Any, path: Path | None = None) -> Path:

@@ -1,9 +1,10 @@
 """Just enough HTTP/1.1 over a raw socket to talk to the daemon: one request per connection.
 
-Imports only `_socket` and `claude_mailbox.errors`, so a hook process that uses it starts in about
-10 ms; `http.client` would add ~30 ms (it pulls in `email` and `ssl`) to every prompt. An https://
-URL (a remote daemon, issue 13.2) imports `ssl` for that request only, and verifies the daemon's
-certificate against the system CAs plus $CLAUDE_MAILBOX_CA (or `tls_ca` in config.toml).
+Imports only `_socket`, `claude_mailbox.errors` and `claude_mailbox.locate` (the URL's Endpoint), so
+a hook process that uses it starts in about 10 ms; `http.client` would add ~30 ms (it pulls in `email`
+and `ssl`) to every prompt. An https:// URL (a remote daemon, issue 13.2) imports `ssl` for that
+request only, and verifies the daemon's certificate against the system CAs plus $CLAUDE_MAILBOX_CA
+(or `tls_ca` in config.toml).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import _socket
 import os
 
 from claude_mailbox.errors import DaemonUnreachable, MailboxError
+from claude_mailbox.locate import CONFIG_FILE, Endpoint, data_dir
 
 TYPE_CHECKING = False  # not `typing`: importing it costs a hook ~5 ms (mypy knows this name)
 if TYPE_CHECKING:
@@ -38,48 +40,6 @@ class TlsFailed(DaemonUnreachable):
 def _header_safe(text: str) -> bool:
     """No CR, LF or other control character: a header line must not be able to start another."""
     return text.isprintable() or all(ch == "\t" or ch.isprintable() for ch in text)
-
-
-class Endpoint:
-    __slots__ = ("host", "port", "tls")
-
-    def __init__(self, host: str, port: int, tls: bool = False) -> None:
-        self.host = host
-        self.port = port
-        self.tls = tls
-
-    @classmethod
-    def parse(cls, url: str) -> Endpoint:
-        """`http://127.0.0.1:37849` or `https://host:port` (a trailing slash or path is ignored) ->
-        host, port and whether to speak TLS."""
-        rest = url.strip()
-        scheme = rest.partition("://")[0] if "://" in rest else ""
-        if scheme not in ("http", "https"):
-            raise MailboxError(f"unsupported daemon URL {url!r}: expected http://HOST:PORT or https://HOST:PORT")
-        authority = rest[len(scheme) + 3 :].split("/", 1)[0]
-        if authority.startswith("["):
-            host, _, port_part = authority[1:].partition("]")
-            port_text = port_part.lstrip(":")
-        else:
-            host, _, port_text = authority.partition(":")
-        try:
-            port = int(port_text) if port_text else (443 if scheme == "https" else 80)
-        except ValueError:
-            raise MailboxError(f"invalid port in daemon URL {url!r}") from None
-        if not host or not 0 < port < 65536:
-            raise MailboxError(f"invalid daemon URL {url!r}")
-        return cls(host, port, scheme == "https")
-
-    @property
-    def is_loopback(self) -> bool:
-        """The daemon is on this machine (a session start may start it here)."""
-        host = self.host.lower()
-        return host in ("localhost", "::1") or host.startswith("127.")
-
-    @property
-    def host_header(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
 
 class Response:
@@ -116,16 +76,13 @@ def http_request(
         lines.append(f"Content-Length: {len(body)}")
     request = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + (body or b"")
     try:
-        family = _socket.AF_INET6 if ":" in endpoint.host else _socket.AF_INET
-        server_name = endpoint.host  # the name the certificate must carry
-        if endpoint.host == "localhost":
-            endpoint = Endpoint("127.0.0.1", endpoint.port, endpoint.tls)
+        family = _socket.AF_INET6 if endpoint.ipv6 else _socket.AF_INET
         sock: _socket.socket = _socket.socket(family, _socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
-            sock.connect((endpoint.host, endpoint.port))
+            sock.connect((endpoint.connect_host, endpoint.port))
             if endpoint.tls:
-                sock = _handshake(sock, server_name, url)
+                sock = _handshake(sock, endpoint.host, url)  # the name the certificate must carry
             sock.sendall(request)
             raw = _read_all(sock)
         finally:
@@ -169,9 +126,7 @@ def _tls() -> ssl.SSLContext:
 def _configured_ca() -> str | None:
     """`tls_ca` from config.toml, else its `tls_cert` (the daemon's own machine: a self-signed
     certificate is its own CA), read without the config module (only https requests pay for it)."""
-    from claude_mailbox import locate
-
-    path = os.path.join(locate.data_dir(), "config.toml")
+    path = os.path.join(data_dir(), CONFIG_FILE)
     if not os.path.isfile(path):
         return None
     import tomllib

@@ -14,6 +14,7 @@ import socket
 
 from claude_mailbox.config import Config, remote_problem
 from claude_mailbox.errors import ConfigError, MailboxError
+from claude_mailbox.locate import connect_host
 
 TYPE_CHECKING = False  # not `typing`: nothing extra before the socket listens (mypy knows this name)
 if TYPE_CHECKING:
@@ -70,9 +71,8 @@ def bound_port(sock: socket.socket) -> int:
 
 
 def _address(bind: str, port: int) -> tuple[socket.AddressFamily, tuple[str, int]]:
-    """`localhost` resolves to one address, IPv4 first (the URL names it, so either answers)."""
-    if bind == "localhost":
-        bind = "127.0.0.1"
+    """`localhost` binds one address, the one clients connect to (locate.connect_host)."""
+    bind = connect_host(bind)
     return (socket.AF_INET6 if ":" in bind else socket.AF_INET), (bind, port)
 
 

@@ -1,6 +1,5 @@
-"""Where claude-mailbox keeps its files. Every other module resolves paths through here.
-
-`CLAUDE_MAILBOX_HOME` moves the whole data dir (tests point it at a temporary folder).
+"""Where claude-mailbox keeps its files, as Path values. Every other module resolves paths through
+here; the data dir itself and the names the stdlib-only hook path reads are decided in locate.py.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ __all__ = ["DEFAULT_BIND", "DEFAULT_PORT", "DEFAULT_URL"]
 
 
 def data_dir() -> Path:
+    """locate.data_dir() as a Path (the hook's path cannot pay for pathlib)."""
     return Path(locate.data_dir())
 
 
@@ -24,12 +24,12 @@ def url_file() -> Path:
 
 
 def config_path() -> Path:
-    return data_dir() / "config.toml"
+    return data_dir() / locate.CONFIG_FILE
 
 
 def legacy_config_path() -> Path:
     """The seed product's JSON config, still read for compatibility."""
-    return data_dir() / "mailbox.json"
+    return data_dir() / locate.LEGACY_CONFIG_FILE
 
 
 def default_db_path() -> Path:

@@ -9,7 +9,7 @@ import os
 
 from claude_mailbox import textsafe
 from claude_mailbox.errors import MailboxError
-from claude_mailbox.httpclient import Endpoint
+from claude_mailbox.locate import Endpoint
 from claude_mailbox.paths import config_path
 
 # `python -m claude_mailbox serve`, `-m claude_mailbox.setup.autostart ... serve` (Windows entries)

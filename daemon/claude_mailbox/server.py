@@ -40,6 +40,7 @@ from claude_mailbox.errors import (
 )
 from claude_mailbox.integrity import IntegrityMonitor
 from claude_mailbox.limits import LIMITS, DaemonRunner, Limits, open_file_limit, spend_rate
+from claude_mailbox.locate import LOOPBACK_NAMES
 from claude_mailbox.service import MailboxService
 
 CONFIG = web.AppKey("config", Config)
@@ -47,7 +48,7 @@ TOKEN = web.AppKey("token", tuple)  # (the token, its file), or () with auth = "
 INTEGRITY = web.AppKey("integrity", IntegrityMonitor)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
+LOOPBACK_HOSTS = LOOPBACK_NAMES | {"[::1]"}  # a Host header brackets an IPv6 address
 CHECKPOINT_INTERVAL = 2.0
 RETENTION_INTERVAL = 24 * 3600.0
 VERSION_HEADER = "X-Mailbox-Daemon-Version"

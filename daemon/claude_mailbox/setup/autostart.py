@@ -25,7 +25,7 @@ from typing import Protocol
 from claude_mailbox import fsutil, locate, paths
 from claude_mailbox.client import probe_health
 from claude_mailbox.errors import MailboxError
-from claude_mailbox.httpclient import Endpoint
+from claude_mailbox.locate import Endpoint
 from claude_mailbox.setup.detached import (
     POLL_INTERVAL,
     append_to_log,
@@ -427,8 +427,7 @@ def serve_args(url: str) -> list[str]:
     """`serve` arguments that make the daemon listen where `url` points (its port and its host:
     0.0.0.0 or a public address is refused by serve itself)."""
     endpoint = Endpoint.parse(url)
-    host = "127.0.0.1" if endpoint.host == "localhost" else endpoint.host
-    return ["--port", str(endpoint.port), "--bind", host]
+    return ["--port", str(endpoint.port), "--bind", endpoint.connect_host]
 
 
 def stop() -> bool:

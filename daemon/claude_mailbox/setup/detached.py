@@ -15,7 +15,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from claude_mailbox import fsutil, paths, portholder
+from claude_mailbox import fsutil, locate, paths, portholder
 from claude_mailbox.setup.units import SERVE
 
 if TYPE_CHECKING:
@@ -29,9 +29,9 @@ STARTUP_GRACE = 10.0  # a pid-file daemon younger than this is still starting: d
 def service_environment(python: Path) -> dict[str, str]:
     """What a unit must set so its daemon sees what this process sees."""
     env = {}
-    home = os.environ.get("CLAUDE_MAILBOX_HOME")
+    home = os.environ.get(locate.HOME_ENV)
     if home:
-        env["CLAUDE_MAILBOX_HOME"] = str(Path(home).resolve())
+        env[locate.HOME_ENV] = str(Path(home).resolve())
     source = _source_root()
     # The same interpreter from a source checkout (the hook launcher adds daemon/ to sys.path)
     # cannot import the package by itself; another interpreter runs its own installed copy, and so

@@ -126,7 +126,7 @@ class Doctor:
     @property
     def remote(self) -> bool:
         """The daemon's address names another machine: it is installed and started there."""
-        from claude_mailbox.httpclient import Endpoint
+        from claude_mailbox.locate import Endpoint
 
         try:
             return not Endpoint.parse(self.url()).is_loopback

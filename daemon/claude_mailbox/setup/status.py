@@ -14,7 +14,8 @@ from typing import Any
 from claude_mailbox import __version__, auth, locate, paths, portholder
 from claude_mailbox.client import MailboxClient, probe_health
 from claude_mailbox.errors import DaemonError, DaemonUnreachable, MailboxError
-from claude_mailbox.httpclient import Endpoint, TlsFailed
+from claude_mailbox.httpclient import TlsFailed
+from claude_mailbox.locate import Endpoint
 
 # What .mcp.json's url says: Claude Code expands it from its own environment only.
 MCP_DEFAULT_URL = locate.DEFAULT_URL
