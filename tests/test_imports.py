@@ -99,3 +99,20 @@ def test_light_cli_verbs_with_the_daemon_down(mailbox_home: Path, args: tuple[st
     result = run_verb(env, *args)
     assert result.returncode == 2  # unreachable, one line, and still light
     assert heavy_in(result) == []
+
+
+# The package's modules a prompt's hook imports (issue 19.7: the relay core stays this small; the Stop
+# waiter, the headers helper, the CLI launcher and the slow paths are imported only when used).
+HOOK_FAST_PATH = {"auth", "claudeproc", "errors", "hookrelay", "httpclient", "locate"}
+
+
+def test_hook_fast_path_imports_only_the_relay_core(mailbox_home: Path) -> None:
+    env = base_env(mailbox_home, CLAUDE_MAILBOX_URL=f"http://127.0.0.1:{free_port()}")
+    result = run_hook(env)
+    assert result.returncode == 0
+    ours = {
+        line.rsplit("|", 1)[1].strip().removeprefix("claude_mailbox.")
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "| " in line and "claude_mailbox." in line
+    }
+    assert ours == HOOK_FAST_PATH
