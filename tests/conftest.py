@@ -17,9 +17,15 @@ from typing import Any
 
 import pytest
 
+import tiers
 from harness import HOMES, REPO, Daemon, Reachable, base_env, free_port, run_cli, start_daemon
 
 __all__ = ["REPO", "Daemon", "base_env", "free_port", "run_cli", "start_daemon"]  # tests import these from here
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test gets its tier's marker (tests/tiers.py): `scripts/check --fast` runs `-m inprocess`."""
+    tiers.apply(items)
 
 
 @pytest.fixture(autouse=True)
