@@ -276,7 +276,7 @@ def pg_url(pg_server: PgServer) -> str:
 
 def daemon_database(daemon: Any) -> str | None:
     """The PostgreSQL URL a harness daemon runs on (MAILBOX_TEST_STORE=postgres), else None (SQLite)."""
-    if getattr(daemon, "database_url", None):  # an in-process app (conftest.InProcessDaemon)
+    if getattr(daemon, "database_url", None):  # an in-process app (harness.InProcessDaemon)
         return str(daemon.database_url)
     args = list(getattr(daemon, "args", ()))
     return args[args.index("--database-url") + 1] if "--database-url" in args else None

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from claude_mailbox import auth, identity
-from conftest import REPO, Daemon, base_env, run_cli, start_daemon
+from harness import REPO, Daemon, base_env, run_cli, start_daemon
 from plugin_env import hook_env, prompt_input, run_hook
 from rawhttp import Reply, request
 

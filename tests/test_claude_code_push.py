@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from claude_code import ClaudeStream, require_claude, run_claude
-from conftest import REPO, Daemon
 from fake_anthropic import FakeAnthropic, tool_use
+from harness import REPO, Daemon
 from pushkit import wait_until
 
 pytestmark = [pytest.mark.claude_code, pytest.mark.slow]

@@ -21,9 +21,8 @@ import pytest
 
 import pgkit
 from claude_mailbox.store import Store, now_iso
-from conftest import REPO, Daemon, InProcessDaemon, base_env, in_process_daemon, start_daemon
 from faultkit import write_config
-from harness import sqlite_rows
+from harness import REPO, Daemon, InProcessDaemon, base_env, in_process_daemon, sqlite_rows, start_daemon
 from rawhttp import request, send
 
 LEASE_SECONDS = 2

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from claude_mailbox.store import LeaseTerms, Store
-from conftest import base_env, run_cli
 from faultkit import TAG_PREFIX, _audit, logged_daemon, run_kill_load, tracebacks, write_config
+from harness import base_env, run_cli
 from rawhttp import Reply, check, peek, request, send
 
 # --- kill -9 under load ------------------------------------------------------------------------------

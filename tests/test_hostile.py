@@ -19,9 +19,8 @@ from typing import Any
 import pytest
 
 import attacks
-from conftest import Daemon, run_cli
 from faultkit import tracebacks, write_config
-from harness import sqlite_rows
+from harness import Daemon, run_cli, sqlite_rows
 from hostilekit import corpus, fuzz, judge_mcp, judge_rest, mcp_requests, rest_requests, send_hostile
 from rawhttp import Reply, check, peek, request, send
 

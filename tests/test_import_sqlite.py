@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 import pgkit
-from conftest import Daemon, base_env, free_port, run_cli
-from harness import sqlite_rows
+from harness import Daemon, base_env, free_port, run_cli, sqlite_rows
 from plugin_env import start_input
 from rawhttp import request
 

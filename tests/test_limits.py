@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from conftest import base_env, run_cli
 from faultkit import logged_daemon, tracebacks, write_config
-from harness import sqlite_rows
+from harness import base_env, run_cli, sqlite_rows
 from rawhttp import check, peek, request, send
 
 RATE = 10  # a minute's burst; refills one token every 6 s: a burst of RATE sends ends long before a refill

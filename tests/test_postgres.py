@@ -25,8 +25,8 @@ import pytest
 import pgkit
 from claude_mailbox.errors import DaemonError, MailboxError, StoreUnavailable
 from claude_mailbox.store import IDEMPOTENCY_SECONDS, LeaseTerms, iso_before
-from conftest import Daemon
 from faultkit import write_config
+from harness import Daemon
 from pgkit import PgServer, SyncPgStore
 from pushkit import wait_waiters
 from race_workers import INBOX

@@ -19,7 +19,7 @@ import pytest
 from claude_mailbox import identity, locate
 from claude_mailbox.client import MailboxClient, probe_health
 from claude_mailbox.setup import autostart, doctor, status
-from conftest import Daemon, base_env, free_port, run_cli, start_daemon
+from harness import Daemon, base_env, free_port, run_cli, start_daemon
 from plugin_env import hook_env, run_hook, start_input
 
 SOURCES = [locate.FROM_FLAG, locate.FROM_ENV, locate.FROM_URL_FILE, locate.FROM_CONFIG]

@@ -18,7 +18,7 @@ import pytest
 import pgkit
 from claude_mailbox import __version__
 from claude_mailbox.config import redact_url
-from conftest import Daemon, InProcessDaemon, start_daemon
+from harness import Daemon, InProcessDaemon, start_daemon
 from rawhttp import Reply, check, peek, request, send
 
 ISO_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")

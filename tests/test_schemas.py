@@ -14,8 +14,7 @@ import pytest
 from claude_mailbox import hookapi, openapi, schemas, server, tools
 from claude_mailbox.config import Config
 from claude_mailbox.setup import doctor
-from conftest import InProcessDaemon, base_env, free_port, run_cli
-from harness import sqlite_rows
+from harness import InProcessDaemon, base_env, free_port, run_cli, sqlite_rows
 from rawhttp import request
 
 
