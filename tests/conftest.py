@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+import pgkit
 import tiers
-from harness import Daemon, InProcessDaemon, in_process_daemon, start_daemon
+from claude_code import require_claude
+from harness import Daemon, InProcessDaemon, in_process_daemon
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -35,11 +37,8 @@ def mailbox_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def daemon(mailbox_home: Path) -> Iterator[Daemon]:
-    running = start_daemon(mailbox_home)
-    try:
+    with Daemon(mailbox_home) as running:  # Daemon's context manager: start, then stop
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +46,28 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon for a whole module (tests keep apart by their own mailbox names); its output goes
     to `daemon.log` in its data dir, which `.log()` reads (e.g. for tracebacks after fuzzing)."""
     home = tmp_path_factory.mktemp("server-home")
-    running = start_daemon(home, log_path=home / "daemon.log")
-    try:
+    with Daemon(home, log_path=home / "daemon.log") as running:
         yield running
-    finally:
-        running.stop()
+
+
+@pytest.fixture
+def claude_bin() -> Path:
+    """The pinned Claude Code CLI (tests/claude_code.py): a failure under CI where it is missing, else a skip."""
+    return require_claude()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> pgkit.PgServer:
+    """One PostgreSQL server for the whole run (skipped where initdb/pg_ctl are not installed)."""
+    if not pgkit.available():
+        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
+    return pgkit.shared_server()
+
+
+@pytest.fixture
+def pg_url(pg_server: pgkit.PgServer) -> str:
+    """A fresh, empty database on the run's one PostgreSQL server."""
+    return pg_server.fresh_database()
 
 
 @pytest.fixture

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 _counter = itertools.count(1)
 
 
@@ -258,20 +256,6 @@ def selected() -> bool:
 
 def fresh_database_url() -> str:
     return shared_server().fresh_database()
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> PgServer:
-    """One PostgreSQL server for the whole run (skipped where initdb/pg_ctl are not installed)."""
-    if not available():
-        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
-    return shared_server()
-
-
-@pytest.fixture
-def pg_url(pg_server: PgServer) -> str:
-    """A fresh, empty database on the session's server."""
-    return pg_server.fresh_database()
 
 
 def daemon_database(daemon: Any) -> str | None:

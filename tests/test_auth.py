@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from claude_mailbox import auth, identity
-from harness import REPO, Daemon, base_env, run_cli, start_daemon
+from harness import REPO, Daemon, base_env, run_cli
 from plugin_env import hook_env, prompt_input, run_hook
 from rawhttp import Reply, request
 
@@ -54,12 +54,9 @@ def concrete(path: str) -> str:
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     home = tmp_path_factory.mktemp("auth-home")
-    running = start_daemon(home, log_path=home / "daemon.log")
-    running.wait_mcp_ready()
-    try:
+    with Daemon(home, log_path=home / "daemon.log") as running:
+        running.wait_mcp_ready()
         yield running
-    finally:
-        running.stop()
 
 
 def unauthorized(reply: Reply, daemon: Daemon, method: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from claude_code import ClaudeResult, ClaudeStream, require_claude, run_claude
+from claude_code import ClaudeResult, ClaudeStream, run_claude
 from claude_mailbox import hooktext, identity
 from fake_anthropic import FakeAnthropic, tool_use
 from harness import Daemon, run_cli
@@ -26,11 +26,6 @@ pytestmark = pytest.mark.claude_code
 
 SEND = "mcp__plugin_claude-mailbox_mailbox__send"
 ALLOWED = ["mcp__plugin_claude-mailbox_mailbox__*"]
-
-
-@pytest.fixture
-def claude_bin() -> Path:
-    return require_claude()
 
 
 @pytest.fixture

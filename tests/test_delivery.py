@@ -41,11 +41,8 @@ def short(mailbox_home: Path) -> Iterator[InProcessDaemon]:
 def short_process(mailbox_home: Path) -> Iterator[Daemon]:
     """A daemon process whose leases last LEASE_SECONDS (for the test that SIGKILLs it)."""
     write_config(mailbox_home, lease_seconds=LEASE_SECONDS, rate_limit_per_minute=100_000)
-    running = start_daemon(mailbox_home)
-    try:
+    with Daemon(mailbox_home) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def fill(daemon: Daemon, name: str, count: int, prefix: str = "m") -> list[int]:

@@ -27,13 +27,6 @@ def sqlite_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(pgkit.STORE_OPTION, raising=False)
 
 
-@pytest.fixture
-def pg_url() -> str:
-    if not pgkit.available():
-        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
-    return pgkit.fresh_database_url()
-
-
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()

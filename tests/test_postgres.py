@@ -36,14 +36,6 @@ from racekit import PRODUCERS, check_exactly_once, run_race
 
 
 @pytest.fixture
-def pg_url() -> str:
-    """A fresh database on the run's one PostgreSQL server (pgkit.shared_server)."""
-    if not pgkit.available():
-        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
-    return pgkit.fresh_database_url()
-
-
-@pytest.fixture
 def pg(pg_url: str) -> Iterator[SyncPgStore]:
     store = SyncPgStore(pg_url)
     try:

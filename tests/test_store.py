@@ -27,7 +27,7 @@ from claude_mailbox.store import (
     iso_before,
     now_iso,
 )
-from pgkit import SyncPgStore, pg_server  # noqa: F401 (pg_server: the session's PostgreSQL, a fixture)
+from pgkit import SyncPgStore
 
 
 @pytest.fixture
