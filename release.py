@@ -11,6 +11,10 @@ pyproject.toml reads through hatch) on one version.
     python release.py --check         exit 1 unless every file matches the package version
     python release.py --check v1.3.0  exit 1 unless every file is at 1.3.0
 
+--check also reads CHANGELOG.md: when its newest section is "(unreleased)", the version files
+must already carry the coming version, not the previous release's number (a change set that
+changes what users get ends with a version bump), and the number that section names, if any.
+
 Stdlib only, so it runs on a bare `setup-python` in CI.
 """
 
@@ -31,6 +35,9 @@ PLUGIN_NAME = "claude-mailbox"
 # compares these strings to decide whether to refresh its cache, so keep them plain.
 TAG_RE = re.compile(r"v(?:0|[1-9]\d*)\.(?:0|[1-9]\d*)\.(?:0|[1-9]\d*)")
 VERSION_LINE_RE = re.compile(r'^__version__ = "([^"\n]*)"', re.MULTILINE)
+CHANGELOG = "CHANGELOG.md"
+SECTION_RE = re.compile(r"^## +(.+?)\s*$", re.MULTILINE)  # "## 0.2.0 (2026-12-07)", "## 0.3.0 (unreleased)"
+SECTION_VERSION_RE = re.compile(r"(?:0|[1-9]\d*)\.(?:0|[1-9]\d*)\.(?:0|[1-9]\d*)\b")
 
 
 class ReleaseError(Exception):
@@ -162,6 +169,46 @@ def stamp(root: Path, version: str) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Section:
+    """One `## ` heading of CHANGELOG.md: its version (None if it names none) and whether it is unreleased."""
+
+    heading: str
+    version: str | None
+    unreleased: bool
+
+
+def changelog_sections(text: str) -> list[Section]:
+    sections = []
+    for heading in SECTION_RE.findall(text):
+        named = SECTION_VERSION_RE.match(heading)
+        sections.append(Section(heading, named[0] if named else None, "unreleased" in heading.lower()))
+    return sections
+
+
+def changelog_problems(root: Path, version: str) -> list[str]:
+    """Why CHANGELOG.md's newest section disagrees with the version files at `version` (none: [])."""
+    try:
+        text = (root / CHANGELOG).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return []  # a tree without a changelog has nothing to compare
+    except (OSError, UnicodeDecodeError) as e:
+        raise ReleaseError(f"{CHANGELOG}: {getattr(e, 'strerror', None) or 'not UTF-8'}") from None
+    sections = changelog_sections(text)
+    if not sections or not sections[0].unreleased:
+        return []
+    newest = sections[0]
+    previous = next((section.version for section in sections[1:] if section.version), None)
+    if previous == version:
+        return [
+            f"{CHANGELOG}: the newest section ({newest.heading}) is unreleased, but the version files still"
+            f" carry {version}, the previous release's number; bump them with `python release.py vX.Y.Z`"
+        ]
+    if newest.version is not None and newest.version != version:
+        return [f"{CHANGELOG}: the newest section is {newest.heading}, but the version files carry {version}"]
+    return []
+
+
 def check(root: Path, expected: str | None) -> int:
     if expected is None:  # no tag given: the package version is the source of truth
         expected = load(root, PACKAGE)[1]
@@ -177,6 +224,11 @@ def check(root: Path, expected: str | None) -> int:
             f"release.py: error: {len(drift)} file(s) disagree; run `python release.py v{expected}` and commit",
             file=sys.stderr,
         )
+        return 1
+    problems = changelog_problems(root, expected)
+    for problem in problems:
+        print(f"release.py: error: {problem}", file=sys.stderr)
+    if problems:
         return 1
     print(f"ok: every version file is at {expected}")
     return 0

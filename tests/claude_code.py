@@ -3,13 +3,10 @@
 Pair it with tests/fake_anthropic.py::
 
     import pytest
-    from claude_code import require_claude, run_claude
+    from claude_code import run_claude
     from fake_anthropic import FakeAnthropic
 
-    @pytest.fixture
-    def claude_bin():
-        return require_claude()          # CI: fails if missing; locally: skips
-
+    # the `claude_bin` fixture (tests/conftest.py) is require_claude(): CI fails if missing, locally skips
     @pytest.mark.claude_code
     def test_x(claude_bin, tmp_path):
         with FakeAnthropic() as api:

@@ -4,22 +4,23 @@ process on a free loopback port talking to a real SQLite file."""
 from __future__ import annotations
 
 import _socket
-import asyncio
-import contextlib
 import errno
 import os
 import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from harness import HOMES, REPO, Daemon, Reachable, base_env, free_port, run_cli, start_daemon
+import pgkit
+import tiers
+from claude_code import require_claude
+from harness import Daemon, InProcessDaemon, in_process_daemon
 
-__all__ = ["REPO", "Daemon", "base_env", "free_port", "run_cli", "start_daemon"]  # tests import these from here
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test gets its tier's marker (tests/tiers.py): `scripts/check --fast` runs `-m inprocess`."""
+    tiers.apply(items)
 
 
 @pytest.fixture(autouse=True)
@@ -36,11 +37,8 @@ def mailbox_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def daemon(mailbox_home: Path) -> Iterator[Daemon]:
-    running = start_daemon(mailbox_home)
-    try:
+    with Daemon(mailbox_home) as running:  # Daemon's context manager: start, then stop
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +46,28 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon for a whole module (tests keep apart by their own mailbox names); its output goes
     to `daemon.log` in its data dir, which `.log()` reads (e.g. for tracebacks after fuzzing)."""
     home = tmp_path_factory.mktemp("server-home")
-    running = start_daemon(home, log_path=home / "daemon.log")
-    try:
+    with Daemon(home, log_path=home / "daemon.log") as running:
         yield running
-    finally:
-        running.stop()
+
+
+@pytest.fixture
+def claude_bin() -> Path:
+    """The pinned Claude Code CLI (tests/claude_code.py): a failure under CI where it is missing, else a skip."""
+    return require_claude()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> pgkit.PgServer:
+    """One PostgreSQL server for the whole run (skipped where initdb/pg_ctl are not installed)."""
+    if not pgkit.available():
+        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
+    return pgkit.shared_server()
+
+
+@pytest.fixture
+def pg_url(pg_server: pgkit.PgServer) -> str:
+    """A fresh, empty database on the run's one PostgreSQL server."""
+    return pg_server.fresh_database()
 
 
 @pytest.fixture
@@ -62,67 +77,6 @@ def fake_claude() -> Iterator[int]:
 
     with fake_claude_process() as pid:
         yield pid
-
-
-# --- the in-process tier: the app factory on a loop thread, no daemon process ---------------------
-
-
-@dataclass
-class InProcessDaemon(Reachable):
-    """`server.make_app(config)` served by aiohttp's TestServer (127.0.0.1, free port) on an event loop
-    in a background thread. The same `.url`/`.client()`/`.db_path` as a Daemon, so the sync test
-    helpers (rawhttp, MailboxClient, the mcp SDK client) work unchanged; it saves the ~2 s start and
-    stop of a process. For contract tests only: signals, restarts and the CLI's `serve` need a Daemon."""
-
-    home: Path
-    url: str
-    loop: asyncio.AbstractEventLoop
-    database_url: str | None = None  # MAILBOX_TEST_STORE=postgres: this app's PostgreSQL database
-
-    @property
-    def db_path(self) -> Path:
-        return self.home / "mailbox.db"
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def env(self) -> dict[str, str]:
-        return base_env(self.home, CLAUDE_MAILBOX_URL=self.url)
-
-
-@contextlib.contextmanager
-def in_process_daemon(home: Path, **settings: Any) -> Iterator[InProcessDaemon]:
-    from aiohttp.test_utils import TestServer
-
-    from claude_mailbox.config import Config
-    from claude_mailbox.server import make_app
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="in-process-daemon", daemon=True)
-    thread.start()
-
-    def run(coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
-
-    if os.environ.get("MAILBOX_TEST_STORE") == "postgres" and "database_url" not in settings:
-        import pgkit  # the harness option: this app's store on a fresh PostgreSQL database (issue 13)
-
-        settings["database_url"] = pgkit.fresh_database_url()
-
-    async def build() -> TestServer:
-        return TestServer(make_app(Config(db_path=home / "mailbox.db", **settings), data_dir=home), host="127.0.0.1")
-
-    test_server = run(build())
-    run(test_server.start_server())
-    HOMES[test_server.port] = home  # rawhttp sends this app's token
-    try:
-        yield InProcessDaemon(home, f"http://127.0.0.1:{test_server.port}", loop, settings.get("database_url"))
-    finally:
-        run(test_server.close())
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 @pytest.fixture

@@ -5,13 +5,16 @@ tests/ on sys.path and imports it; pytest is not needed), so `.venv/bin/python b
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -238,6 +241,67 @@ def start_daemon(
     home: Path, *args: str, port: int | None = None, log_path: Path | None = None, **env_extra: str
 ) -> Daemon:
     return Daemon(home, port or free_port(), tuple(args), dict(env_extra), log_path).start()
+
+
+# --- the in-process tier: the app factory on a loop thread, no daemon process ---------------------
+
+
+@dataclass
+class InProcessDaemon(Reachable):
+    """`server.make_app(config)` served by aiohttp's TestServer (127.0.0.1, free port) on an event loop
+    in a background thread. The same `.url`/`.client()`/`.db_path` as a Daemon, so the sync test
+    helpers (rawhttp, MailboxClient, the mcp SDK client) work unchanged; it saves the ~2 s start and
+    stop of a process. For contract tests only: signals, restarts and the CLI's `serve` need a Daemon."""
+
+    home: Path
+    url: str
+    loop: asyncio.AbstractEventLoop
+    database_url: str | None = None  # MAILBOX_TEST_STORE=postgres: this app's PostgreSQL database
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "mailbox.db"
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def env(self) -> dict[str, str]:
+        return base_env(self.home, CLAUDE_MAILBOX_URL=self.url)
+
+
+@contextlib.contextmanager
+def in_process_daemon(home: Path, **settings: Any) -> Iterator[InProcessDaemon]:
+    from aiohttp.test_utils import TestServer
+
+    from claude_mailbox.config import Config
+    from claude_mailbox.server import make_app
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="in-process-daemon", daemon=True)
+    thread.start()
+
+    def run(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+    if os.environ.get("MAILBOX_TEST_STORE") == "postgres" and "database_url" not in settings:
+        import pgkit  # the harness option: this app's store on a fresh PostgreSQL database (issue 13)
+
+        settings["database_url"] = pgkit.fresh_database_url()
+
+    async def build() -> TestServer:
+        return TestServer(make_app(Config(db_path=home / "mailbox.db", **settings), data_dir=home), host="127.0.0.1")
+
+    test_server = run(build())
+    run(test_server.start_server())
+    HOMES[test_server.port] = home  # rawhttp sends this app's token
+    try:
+        yield InProcessDaemon(home, f"http://127.0.0.1:{test_server.port}", loop, settings.get("database_url"))
+    finally:
+        run(test_server.close())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def run_cli(

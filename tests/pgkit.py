@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 _counter = itertools.count(1)
 
 
@@ -260,23 +258,9 @@ def fresh_database_url() -> str:
     return shared_server().fresh_database()
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> PgServer:
-    """One PostgreSQL server for the whole run (skipped where initdb/pg_ctl are not installed)."""
-    if not available():
-        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
-    return shared_server()
-
-
-@pytest.fixture
-def pg_url(pg_server: PgServer) -> str:
-    """A fresh, empty database on the session's server."""
-    return pg_server.fresh_database()
-
-
 def daemon_database(daemon: Any) -> str | None:
     """The PostgreSQL URL a harness daemon runs on (MAILBOX_TEST_STORE=postgres), else None (SQLite)."""
-    if getattr(daemon, "database_url", None):  # an in-process app (conftest.InProcessDaemon)
+    if getattr(daemon, "database_url", None):  # an in-process app (harness.InProcessDaemon)
         return str(daemon.database_url)
     args = list(getattr(daemon, "args", ()))
     return args[args.index("--database-url") + 1] if "--database-url" in args else None

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import plugin_env
-from conftest import REPO, Daemon
+from harness import REPO, Daemon
 
 HOOK = REPO / "hooks" / "run"
 

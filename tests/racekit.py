@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, base_env
+from harness import REPO, base_env
 
 CONSUMERS = 8
 PRODUCERS = 2

@@ -31,8 +31,7 @@ from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import MailboxError
 from claude_mailbox.setup import autostart, detached, units
 from claude_mailbox.setup.autostart import InstallResult, Mechanism, State
-from conftest import REPO, free_port
-from harness import base_env, run_cli, start_daemon
+from harness import REPO, base_env, free_port, run_cli, start_daemon
 
 PYTHON = Path(sys.executable)
 TASK_NS = "{http://schemas.microsoft.com/windows/2004/02/mit/task}"

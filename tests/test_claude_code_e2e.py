@@ -16,21 +16,16 @@ from typing import Any
 
 import pytest
 
-from claude_code import ClaudeResult, ClaudeStream, require_claude, run_claude
+from claude_code import ClaudeResult, ClaudeStream, run_claude
 from claude_mailbox import hooktext, identity
-from conftest import Daemon, run_cli
 from fake_anthropic import FakeAnthropic, tool_use
+from harness import Daemon, run_cli
 from plugin_env import REPO, make_managed_venv
 
 pytestmark = pytest.mark.claude_code
 
 SEND = "mcp__plugin_claude-mailbox_mailbox__send"
 ALLOWED = ["mcp__plugin_claude-mailbox_mailbox__*"]
-
-
-@pytest.fixture
-def claude_bin() -> Path:
-    return require_claude()
 
 
 @pytest.fixture

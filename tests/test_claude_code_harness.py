@@ -13,18 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from claude_code import ClaudeStream, require_claude, run_claude
+from claude_code import ClaudeStream, run_claude
 from fake_anthropic import FakeAnthropic, tool_use
 
 pytestmark = pytest.mark.claude_code
 
 START_MARKER = "HARNESS_SESSIONSTART_MARKER_7f3a"
 PROMPT_MARKER = "HARNESS_PROMPT_CONTEXT_MARKER_91bc"
-
-
-@pytest.fixture
-def claude_bin() -> Path:
-    return require_claude()
 
 
 def _probe_plugin(root: Path) -> Path:

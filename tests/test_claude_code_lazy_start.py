@@ -25,8 +25,8 @@ import pytest
 from claude_code import ClaudeResult, require_claude, run_claude
 from claude_mailbox import identity
 from claude_mailbox.client import MailboxClient
-from conftest import free_port
 from fake_anthropic import FakeAnthropic, tool_use
+from harness import free_port
 from plugin_env import REPO, make_managed_venv
 
 pytestmark = [pytest.mark.claude_code, pytest.mark.slow]

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from claude_code import ClaudeStream, require_claude, run_claude
-from conftest import REPO, Daemon
+from claude_code import ClaudeStream, run_claude
 from fake_anthropic import FakeAnthropic, tool_use
+from harness import REPO, Daemon
 from pushkit import wait_until
 
 pytestmark = [pytest.mark.claude_code, pytest.mark.slow]
@@ -26,11 +26,6 @@ pytestmark = [pytest.mark.claude_code, pytest.mark.slow]
 SEND_TOOL = "mcp__plugin_claude-mailbox_mailbox__send"
 BODY = 'PUSH_E2E_7c1d: schema merged, please rebase "now"'
 LATER = "PUSH_E2E_9e4a: this one waits for the next prompt"
-
-
-@pytest.fixture
-def claude_bin() -> Path:
-    return require_claude()
 
 
 def user_messages_text(request_body: dict[str, object]) -> str:

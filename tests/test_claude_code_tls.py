@@ -14,8 +14,8 @@ import pytest
 from claude_code import require_claude, run_claude
 from claude_mailbox import identity
 from claude_mailbox.client import MailboxClient
-from conftest import Daemon
 from fake_anthropic import FakeAnthropic, tool_use
+from harness import Daemon
 from plugin_env import REPO, make_managed_venv
 from test_remote import cert, tls_daemon  # noqa: F401 (fixtures: a self-signed certificate, a daemon using it)
 

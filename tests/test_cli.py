@@ -16,7 +16,7 @@ import pytest
 import pgkit
 from claude_mailbox import identity
 from claude_mailbox.config import redact_url
-from conftest import Daemon, base_env, free_port, run_cli
+from harness import Daemon, base_env, free_port, run_cli
 from plugin_env import hook_env, run_hook, start_input
 
 

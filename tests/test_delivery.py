@@ -22,9 +22,8 @@ import pytest
 import pgkit
 from claude_mailbox.model import now_iso
 from claude_mailbox.store import Store
-from conftest import REPO, Daemon, InProcessDaemon, base_env, in_process_daemon, start_daemon
 from faultkit import write_config
-from harness import sqlite_rows
+from harness import REPO, Daemon, InProcessDaemon, base_env, in_process_daemon, sqlite_rows, start_daemon
 from rawhttp import request, send
 
 LEASE_SECONDS = 2
@@ -43,11 +42,8 @@ def short(mailbox_home: Path) -> Iterator[InProcessDaemon]:
 def short_process(mailbox_home: Path) -> Iterator[Daemon]:
     """A daemon process whose leases last LEASE_SECONDS (for the test that SIGKILLs it)."""
     write_config(mailbox_home, lease_seconds=LEASE_SECONDS, rate_limit_per_minute=100_000)
-    running = start_daemon(mailbox_home)
-    try:
+    with Daemon(mailbox_home) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def fill(daemon: Daemon, name: str, count: int, prefix: str = "m") -> list[int]:
@@ -151,6 +147,7 @@ def killed_while_printing(
 
 
 def assert_back_in_order(daemon: Daemon, name: str, ids: list[int], *, redelivered: bool) -> None:
+    assert ids, "no mail to see come back"
     time.sleep(BACK_AFTER)
     got = drain(daemon, name)
     assert [m["id"] for m in got] == ids

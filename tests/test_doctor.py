@@ -28,7 +28,7 @@ from claude_mailbox import __version__
 from claude_mailbox.client import MailboxClient
 from claude_mailbox.setup import doctor
 from claude_mailbox.setup import venv as managed_env
-from conftest import REPO, free_port, start_daemon
+from harness import REPO, free_port, start_daemon
 
 RUN = REPO / "hooks" / "run"
 STEPS = ["python", "daemon", "autostart", "prefix", "smoke"]
@@ -367,7 +367,7 @@ def test_status_and_the_doctor_name_another_program_on_the_port(mailbox_home: Pa
     the holder's pid and name, and how to move the mailbox; the doctor starts nothing there."""
     import socket
 
-    from conftest import base_env, run_cli
+    from harness import base_env, run_cli
 
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))

@@ -25,8 +25,8 @@ import pytest
 
 from claude_mailbox.model import LeaseTerms, SendRequest
 from claude_mailbox.store import Store
-from conftest import base_env, run_cli
 from faultkit import TAG_PREFIX, _audit, logged_daemon, run_kill_load, tracebacks, write_config
+from harness import Daemon, base_env, run_cli
 from rawhttp import Reply, check, peek, request, send
 
 # --- kill -9 under load ------------------------------------------------------------------------------
@@ -368,11 +368,8 @@ CLIENT_TIMEOUT = 2  # seconds (config client_timeout_seconds; the default is 10)
 @pytest.fixture
 def strict(mailbox_home: Path) -> Iterator[Any]:
     write_config(mailbox_home, client_timeout_seconds=CLIENT_TIMEOUT)
-    running = logged_daemon(mailbox_home)
-    try:
+    with Daemon(mailbox_home, log_path=mailbox_home / "daemon.log") as running:
         yield running
-    finally:
-        running.stop()
     assert tracebacks(running.log()) == []
 
 

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from claude_mailbox import hookrelay, hooktext, identity, liveness
-from conftest import Daemon, base_env, free_port, run_cli
+from harness import Daemon, base_env, free_port, run_cli
 from plugin_env import (
     REPO,
     FakeClaude,

@@ -19,9 +19,8 @@ from typing import Any
 import pytest
 
 import attacks
-from conftest import Daemon, run_cli
 from faultkit import tracebacks, write_config
-from harness import sqlite_rows
+from harness import Daemon, run_cli, sqlite_rows
 from hostilekit import corpus, fuzz, judge_mcp, judge_rest, mcp_requests, rest_requests, send_hostile
 from rawhttp import Reply, check, peek, request, send
 
@@ -361,12 +360,8 @@ RATE, PEER_RATE, GLOBAL_RATE, CAP = 10, 30, 40, 3
 def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A daemon whose open-file limit is 1,024, soft and hard: raising it at start cannot help."""
     home = tmp_path_factory.mktemp("capped-home")
-    running = Daemon(home, log_path=home / "daemon.log", preexec_fn=attacks.limit_open_files())
-    running.start()
-    try:
+    with Daemon(home, log_path=home / "daemon.log", preexec_fn=attacks.limit_open_files()) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -379,11 +374,8 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         rate_limit_global_per_minute=GLOBAL_RATE,
         max_pending_per_mailbox=CAP,
     )
-    running = Daemon(home, log_path=home / "daemon.log").start()
-    try:
+    with Daemon(home, log_path=home / "daemon.log") as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_no_route_answers_without_the_token(server: Daemon) -> None:

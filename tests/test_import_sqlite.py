@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 import pgkit
-from conftest import Daemon, base_env, free_port, run_cli
-from harness import sqlite_rows
+from harness import Daemon, base_env, free_port, run_cli, sqlite_rows
 from plugin_env import start_input
 from rawhttp import request
 
@@ -26,13 +25,6 @@ from rawhttp import request
 def sqlite_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """The daemons here run on SQLite unless given a URL, even under MAILBOX_TEST_STORE=postgres."""
     monkeypatch.delenv(pgkit.STORE_OPTION, raising=False)
-
-
-@pytest.fixture
-def pg_url() -> str:
-    if not pgkit.available():
-        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
-    return pgkit.fresh_database_url()
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Daemon, base_env, free_port
+from harness import REPO, Daemon, base_env, free_port
 
 HEAVY = ("mcp", "aiohttp", "apsw", "pydantic", "psutil")
 HOOK_INPUT = json.dumps(

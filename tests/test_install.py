@@ -16,7 +16,7 @@ import pytest
 from claude_mailbox import __version__
 from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import MailboxError
-from conftest import REPO, free_port
+from harness import REPO, free_port
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 

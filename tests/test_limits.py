@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from conftest import base_env, run_cli
 from faultkit import logged_daemon, tracebacks, write_config
-from harness import sqlite_rows
+from harness import Daemon, base_env, run_cli, sqlite_rows
 from rawhttp import check, peek, request, send
 
 RATE = 10  # a minute's burst; refills one token every 6 s: a burst of RATE sends ends long before a refill
@@ -40,12 +39,9 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         rate_limit_global_per_minute=100_000,
         max_pending_per_mailbox=CAP,
     )
-    running = logged_daemon(home)
-    running.wait_mcp_ready()
-    try:
+    with Daemon(home, log_path=home / "daemon.log") as running:
+        running.wait_mcp_ready()
         yield running
-    finally:
-        running.stop()
     assert tracebacks(running.log()) == []
 
 
@@ -149,11 +145,8 @@ def _rows(db: Path) -> list[tuple[int, str, str | None]]:
 
 @pytest.fixture
 def plain(mailbox_home: Path) -> Iterator[Any]:
-    running = logged_daemon(mailbox_home)
-    try:
+    with Daemon(mailbox_home, log_path=mailbox_home / "daemon.log") as running:
         yield running
-    finally:
-        running.stop()
     assert tracebacks(running.log()) == []
 
 

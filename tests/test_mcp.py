@@ -17,7 +17,7 @@ import pytest
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from conftest import Daemon, InProcessDaemon
+from harness import Daemon, InProcessDaemon
 from rawhttp import peek, request, send
 
 

@@ -28,8 +28,7 @@ import claude_mailbox.server as server_module
 import pgkit
 from claude_mailbox import routes
 from claude_mailbox.mcp_http import McpEndpoint
-from conftest import InProcessDaemon, in_process_daemon
-from harness import sqlite_rows
+from harness import InProcessDaemon, in_process_daemon, sqlite_rows
 from hostilekit import Hostile, fuzz, mcp_requests, nasty_text, send_hostile
 from rawhttp import Reply, request, send
 

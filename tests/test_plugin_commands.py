@@ -12,8 +12,8 @@ import pytest
 
 from claude_code import require_claude, run_claude
 from claude_mailbox import __version__
-from conftest import REPO, Daemon, free_port
 from fake_anthropic import FakeAnthropic
+from harness import REPO, Daemon, free_port
 
 pytestmark = pytest.mark.claude_code
 

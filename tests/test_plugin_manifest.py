@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from claude_code import require_claude
-from conftest import REPO
+from harness import REPO
 
 PLUGIN_NAME = "claude-mailbox"
 COMMANDS = ("collaborate", "mailbox-doctor", "mailbox-status", "mailbox-update")

@@ -25,22 +25,14 @@ import pytest
 import pgkit
 from claude_mailbox.errors import DaemonError, MailboxError, StoreUnavailable
 from claude_mailbox.model import IDEMPOTENCY_SECONDS, FeedFilter, LeaseTerms, SendRequest, iso_before
-from conftest import Daemon
 from faultkit import write_config
+from harness import Daemon
 from pgkit import PgServer, SyncPgStore
 from pushkit import wait_waiters
 from race_workers import INBOX
 from racekit import PRODUCERS, check_exactly_once, run_race
 
 # --- the store alone ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def pg_url() -> str:
-    """A fresh database on the run's one PostgreSQL server (pgkit.shared_server)."""
-    if not pgkit.available():
-        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
-    return pgkit.fresh_database_url()
 
 
 @pytest.fixture

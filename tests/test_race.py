@@ -14,7 +14,7 @@ import pytest
 
 import pgkit
 from claude_mailbox.store import Store
-from conftest import Daemon
+from harness import Daemon
 from race_workers import INBOX
 from racekit import CONSUMERS, PRODUCERS, check_exactly_once, run_race, spawn
 
@@ -67,8 +67,8 @@ def test_consumers_killed_at_random_lose_nothing_and_acknowledge_nothing_twice(
     every message ends up in exactly one acknowledged read; a page read but not acknowledged comes back."""
     import random
 
-    from conftest import start_daemon
     from faultkit import write_config
+    from harness import start_daemon
 
     write_config(mailbox_home, lease_seconds=1, rate_limit_per_minute=100_000_000, max_pending_per_mailbox=100_000)
     daemon = start_daemon(mailbox_home)

@@ -75,6 +75,7 @@ def repo(tmp_path: Path) -> Path:
 
 def assert_stamped(before: dict[str, bytes], root: Path, stamped: tuple[str, ...]) -> None:
     """Stamped files differ from `before` only in the version; the rest are byte-identical."""
+    assert before and set(stamped) <= set(before), (sorted(before), stamped)  # every stamped file is compared
     for rel, old in before.items():
         after = read(root, rel)
         if rel not in stamped:
@@ -164,6 +165,54 @@ def test_check_defaults_to_the_package_version(repo: Path) -> None:
     result = release(repo, "--check")
     assert result.returncode == 1
     assert result.stdout.splitlines() == [f"{PLUGIN}: {OLD} (expected {NEW})"]
+
+
+# --- CHANGELOG.md: an unreleased newest section needs the version bumped (issue 19.11) ---------------
+
+
+def write_changelog(root: Path, *headings: str) -> None:
+    """A CHANGELOG.md in the temporary repo (never the real one) with these `## ` sections, newest first."""
+    sections = "".join(f"## {heading}\n\n- Changed: something users get.\n\n" for heading in headings)
+    (root / "CHANGELOG.md").write_text(f"# Changelog\n\n{sections}", encoding="utf-8")
+
+
+@pytest.mark.parametrize("newest", [f"{NEW} (unreleased)", "(unreleased)"])
+def test_check_fails_when_the_changelog_is_unreleased_but_the_version_is_the_previous_release(
+    repo: Path, newest: str
+) -> None:
+    write_changelog(repo, newest, f"{OLD} (2026-12-07)")
+    result = release(repo, "--check")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"release.py: error: CHANGELOG.md: the newest section ({newest}) is unreleased, but the version files"
+        f" still carry {OLD}, the previous release's number; bump them with `python release.py vX.Y.Z`"
+    ]
+    assert release(repo, "--check", f"v{OLD}").returncode == 1  # with an explicit tag too
+
+
+def test_check_passes_once_the_version_is_bumped_for_the_unreleased_section(repo: Path) -> None:
+    write_changelog(repo, f"{NEW} (unreleased)", f"{OLD} (2026-12-07)")
+    assert release(repo, TAG).returncode == 0
+    result = release(repo, "--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [f"ok: every version file is at {NEW}"]
+
+
+def test_check_passes_when_the_newest_section_is_released(repo: Path) -> None:
+    write_changelog(repo, f"{OLD} (2026-12-07)", "0.0.1 (unreleased)")  # an old undated section does not count
+    result = release(repo, "--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_check_fails_when_the_unreleased_section_names_another_version(repo: Path) -> None:
+    write_changelog(repo, "200.0.0 (unreleased)", f"{OLD} (2026-12-07)")
+    assert release(repo, TAG).returncode == 0  # bumped, but not to the number the section names
+    result = release(repo, "--check")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "release.py: error: CHANGELOG.md: the newest section is 200.0.0 (unreleased),"
+        f" but the version files carry {NEW}"
+    ]
 
 
 @pytest.mark.parametrize("tag", ["1.3.0", "v1.3", "v01.2.3", "v1.2.3-beta", "vfoo", "v1.2.3.4", "v1.02.3"])

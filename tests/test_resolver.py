@@ -19,7 +19,7 @@ import pytest
 from claude_mailbox import identity, locate
 from claude_mailbox.client import MailboxClient, probe_health
 from claude_mailbox.setup import autostart, doctor, status
-from conftest import Daemon, base_env, free_port, run_cli, start_daemon
+from harness import Daemon, base_env, free_port, run_cli
 from plugin_env import hook_env, run_hook, start_input
 
 SOURCES = [locate.FROM_FLAG, locate.FROM_ENV, locate.FROM_URL_FILE, locate.FROM_CONFIG]
@@ -51,11 +51,8 @@ def arrange(home: Path, source: str, right: str) -> tuple[dict[str, str], list[s
 
 @pytest.fixture
 def running(mailbox_home: Path) -> Iterator[Daemon]:
-    daemon = start_daemon(mailbox_home)
-    try:
+    with Daemon(mailbox_home) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
 
 
 @pytest.mark.parametrize("source", SOURCES)

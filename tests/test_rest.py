@@ -18,7 +18,7 @@ import pytest
 import pgkit
 from claude_mailbox import __version__
 from claude_mailbox.config import redact_url
-from conftest import Daemon, InProcessDaemon, start_daemon
+from harness import Daemon, InProcessDaemon
 from rawhttp import Reply, check, peek, request, send
 
 ISO_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -32,11 +32,8 @@ def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     (home / "config.toml").write_text(
         "max_body_bytes = 100\nrate_limit_per_minute = 5\nmax_pending_per_mailbox = 3\n", encoding="utf-8"
     )
-    running = start_daemon(home)
-    try:
+    with Daemon(home) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from claude_mailbox import rest, routes, server
 from claude_mailbox.config import Config
 from claude_mailbox.service import MailboxService
-from conftest import InProcessDaemon, in_process_daemon
+from harness import InProcessDaemon, in_process_daemon
 from rawhttp import request
 
 PEER_LIMIT = 6

@@ -14,8 +14,7 @@ import pytest
 from claude_mailbox import hookapi, routes, schemas, server, tools
 from claude_mailbox.config import Config
 from claude_mailbox.setup import doctor
-from conftest import InProcessDaemon, base_env, free_port, run_cli
-from harness import sqlite_rows
+from harness import InProcessDaemon, base_env, free_port, run_cli, sqlite_rows
 from rawhttp import request
 
 
@@ -54,7 +53,9 @@ def test_the_document_references_only_components_it_has(app: InProcessDaemon) ->
     document = request(app.url, "GET", "/openapi.json").json
     text = json.dumps(document)
     names = set(document["components"]["schemas"])
-    for ref in {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}:
+    refs = {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}
+    assert refs, "the document references no component"
+    for ref in refs:
         assert ref in names, ref
     hook = document["paths"]["/v1/hooks/{event}"]["post"]
     assert hook["parameters"][-1]["schema"]["enum"] == list(hookapi.EVENTS)

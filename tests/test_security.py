@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, base_env, free_port
-from harness import run_cli
+from harness import Daemon, base_env, free_port, run_cli
 from rawhttp import check, peek, request, send
 
 _counter = itertools.count()

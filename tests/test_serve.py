@@ -20,7 +20,7 @@ import pytest
 from claude_mailbox import __version__
 from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import MailboxError
-from conftest import Daemon, base_env, free_port, start_daemon
+from harness import Daemon, base_env, free_port, start_daemon
 from rawhttp import check, peek, request, send
 
 QUICK_EXIT = 5.0

@@ -15,7 +15,7 @@ import pytest
 
 from claude_mailbox.errors import InvalidInput
 from claude_mailbox.setup import settings_patch
-from conftest import Daemon, base_env, run_cli
+from harness import Daemon, base_env, run_cli
 from plugin_env import HookRun, run_hook
 
 PREFIX = ["/opt/mailbox venv/bin/claude-mailbox"]  # a space: commands must quote it

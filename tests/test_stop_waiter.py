@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Daemon, base_env, free_port, run_cli
+from harness import REPO, Daemon, base_env, free_port, run_cli
 from pushkit import (
     HOOK,
     Session,

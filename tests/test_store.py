@@ -26,7 +26,7 @@ from claude_mailbox.model import (
     now_iso,
 )
 from claude_mailbox.store import MIGRATIONS, SCHEMA_VERSION, Store
-from pgkit import SyncPgStore, pg_server  # noqa: F401 (pg_server: the session's PostgreSQL, a fixture)
+from pgkit import SyncPgStore
 
 
 @pytest.fixture

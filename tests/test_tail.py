@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from claude_mailbox import auth
-from conftest import Daemon, base_env, free_port, run_cli
+from harness import Daemon, base_env, free_port, run_cli
 
 SHOWN_WITHIN = 1.0  # seconds from send to the line on tail's stdout (issue 14)
 

@@ -31,8 +31,7 @@ from claude_mailbox.client import MailboxClient
 from claude_mailbox.errors import MailboxError
 from claude_mailbox.setup import lifecycle
 from claude_mailbox.setup import venv as managed_env
-from conftest import REPO, Daemon, free_port
-from harness import token_of
+from harness import REPO, Daemon, free_port, token_of
 from plugin_env import HookRun, run_hook
 from test_doctor import plugin_env, stdlib_only_python
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, InProcessDaemon, base_env, free_port, run_cli, start_daemon
+from harness import Daemon, InProcessDaemon, base_env, free_port, run_cli, start_daemon
 from pushkit import (
     clear,
     finish,

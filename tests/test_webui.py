@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from claude_mailbox import auth
-from conftest import Daemon, free_port, run_cli
+from harness import Daemon, free_port, run_cli
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHROME_FLAGS = (
