@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "daemon"), str(REPO / "tests")]
 
 from claude_mailbox import auth  # noqa: E402
-from conftest import start_daemon  # noqa: E402
+from harness import start_daemon  # noqa: E402
 from test_webui import make_browser  # noqa: E402
 
 SESSIONS = [  # (prefix, session id, project)
