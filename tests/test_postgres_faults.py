@@ -126,6 +126,40 @@ def test_leases_of_a_killed_daemon_wake_a_watch_and_a_stop_hook_on_the_other(
         claude.kill()
 
 
+def test_two_daemons_sweeping_at_once_return_each_expired_lease_once_in_bounded_batches(pg_url: str) -> None:
+    import asyncio
+
+    from claude_mailbox.model import LeaseTerms, SendRequest
+
+    first, second = SyncPgStore(pg_url), SyncPgStore(pg_url)
+    try:
+        boxes = [f"box{i:02d}" for i in range(40)]
+        for box in boxes:
+            first.send(SendRequest("alice", box, f"for {box}"))
+            assert first.lease(box, LeaseTerms(lease_seconds=0.05)).id is not None
+        live = first.send(SendRequest("alice", "kept", "under a live lease")).message
+        assert first.lease("kept", LeaseTerms(lease_seconds=60)).id is not None
+        time.sleep(0.1)
+        assert len(first.expire_leases(limit=5)) == 5  # one statement returns at most `limit`
+
+        async def both() -> list[list[str]]:
+            return list(
+                await asyncio.gather(
+                    *(store.async_store.expire_leases(limit=100) for store in (first, second, first, second))
+                )
+            )
+
+        returned = first._loop.run(both())
+        swept = [box for batch in returned for box in batch]
+        assert len(swept) == len(set(swept)) == 35  # each lease went back exactly once, whoever won it
+        assert first.sql("SELECT mailbox FROM leases") == [("kept",)]
+        assert first.sql("SELECT count(*) FROM messages WHERE lease_id IS NOT NULL AND id <> $1", live.id) == [(0,)]
+        assert second.expire_leases() == []
+    finally:
+        first.close()
+        second.close()
+
+
 # --- 2. credentials in the URL ----------------------------------------------------------------------
 
 
