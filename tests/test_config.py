@@ -205,6 +205,7 @@ def test_durability_reaches_the_daemon_connection(mailbox_home: Path, durability
         ("max_body_bytes = 99999999999\n", ["max_body_bytes", "between 1 and"]),
         ("max_request_bytes = 10\n", ["max_request_bytes", "between 1024 and"]),
         ("lease_seconds = 0\n", ["lease_seconds", "between 1 and 86400"]),
+        ("database_connect_timeout_seconds = 0\n", ["database_connect_timeout_seconds", "between 1 and 3600"]),
         ("max_body_bytes = 5000\nmax_request_bytes = 4096\n", ["max_body_bytes", "must not exceed max_request_bytes"]),
     ],
 )
@@ -262,3 +263,88 @@ def test_a_failing_scheduled_job_is_logged_and_retried(caplog: pytest.LogCapture
         asyncio.run(run())
     assert len(runs) >= 3  # the job kept its schedule after failing
     assert "scheduled job failed" in caplog.text and "No space left on device" in caplog.text
+
+
+# --- database URLs (issue 25): one redaction for every place that shows one, refused when malformed ----
+
+SECRET = "S3cr%3Dt"  # percent-encoded as a user would write it: S3cr=t
+SECRETS = ("S3cr", "=t", "S3cr=t")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://mbx:SECRET@db:5432/mail", "postgresql://mbx@db:5432/mail"),
+        ("postgresql://:SECRET@db/mail", "postgresql://db/mail"),
+        ("postgresql://mbx:p@SECRET@db/mail", "postgresql://mbx@db/mail"),  # an unescaped @ in the password
+        ("postgresql://db:5432/mail?user=mbx&password=SECRET", "postgresql://db:5432/mail?user=mbx"),
+        ("postgresql://db/mail?password=SECRET&sslmode=require", "postgresql://db/mail?sslmode=require"),
+        ("postgresql://db/mail?passfile=/home/u/SECRET", "postgresql://db/mail"),
+        ("postgresql://db/mail?sslpassword=SECRET&sslkey=/k/SECRET.key", "postgresql://db/mail"),
+        ("postgresql://db/mail?sslcert=/c/SECRET.crt&application_name=x", "postgresql://db/mail?application_name=x"),
+        ("postgresql://db/mail?pass%77ord=SECRET", "postgresql://db/mail"),  # libpq decodes %XX in keys
+        ("postgresql://db/mail?PASSWORD=SECRET", "postgresql://db/mail"),
+        ("postgresql://db/mail?my_api_token=SECRET", "postgresql://db/mail"),  # a key naming a secret
+        ("postgresql://u:SECRET@h1:5432,h2:5433/mail?password=SECRET", "postgresql://u@h1:5432,h2:5433/mail"),
+        ("postgres://u:SECRET@[::1]:5432/mail#SECRET", "postgres://u@[::1]:5432/mail"),
+        ("postgresql:///mail?host=/run/postgresql&password=SECRET", "postgresql:///mail?host=/run/postgresql"),
+        ("postgresql://u:SECRET@[::1/mail?password=SECRET", "postgresql://u@[::1/mail"),  # malformed: still redacted
+    ],
+)
+def test_every_form_of_a_database_url_loses_its_secrets(mailbox_home: Path, url: str, shown: str) -> None:
+    url = url.replace("SECRET", SECRET)
+    assert config.redact_url(url) == shown
+    assert Config(database_url=url).database_label == shown
+    for secret in SECRETS:
+        assert secret not in shown
+    # A driver's message quoting the URL loses them too.
+    said = config.scrub(f"could not connect with {url}", url)
+    assert "S3cr" not in said and "***" in said
+
+
+def test_a_drivers_message_loses_the_decoded_secret_too() -> None:
+    url = f"postgresql://db/mail?user=mbx&password={SECRET}"
+    said = config.scrub("password authentication failed: 'S3cr=t' is not the password of mbx", url)
+    assert said == "password authentication failed: '***' is not the password of mbx"
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("postgresql://mbx@127.0.0.1:notaport/mail", ["port 'notaport'", "1 to 65535"]),
+        ("postgresql://mbx@127.0.0.1:99999/mail", ["port '99999'", "1 to 65535"]),
+        ("postgresql://mbx@[::1/mail", ["malformed host", "closing ]"]),
+        ("postgresql://mbx@h1:5432,h2:x/mail", ["port 'x'", "'h2'"]),
+        ("postgresql://mbx@db/mail?port=0", ["port '0' in its query"]),
+        ("postgresql://mbx@::1/mail", ["malformed host", "in brackets"]),
+        ("mysql://mbx@db/mail", ["database_url must be a postgresql://"]),
+    ],
+)
+def test_a_malformed_database_url_is_one_line_naming_the_part(mailbox_home: Path, url: str, words: list[str]) -> None:
+    path = mailbox_home / "config.toml"
+    path.write_text(f"database_url = {json.dumps(url.replace('mbx@', f'mbx:{SECRET}@'))}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        config.load()
+    message = caught.value.message
+    assert "\n" not in message and str(path) in message
+    assert "S3cr" not in message
+    for word in words:
+        assert word in message, message
+    with pytest.raises(ConfigError) as flag:  # `serve --database-url` is checked the same way
+        config.with_overrides(Config(), database_url=url)
+    assert words[0] in flag.value.message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://mbx@db:5432/mail",
+        "postgresql://mbx@[::1]:5432/mail",
+        "postgresql://mbx@h1:5432,h2:5433/mail",
+        "postgresql:///mail?host=/run/postgresql",
+        "postgres://db/mail?port=5432&sslmode=require",
+    ],
+)
+def test_well_formed_database_urls_load(mailbox_home: Path, url: str) -> None:
+    (mailbox_home / "config.toml").write_text(f"database_url = {json.dumps(url)}\n", encoding="utf-8")
+    assert config.load().database_url == url

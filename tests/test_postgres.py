@@ -257,8 +257,10 @@ def test_mail_sent_through_a_is_read_through_b_exactly_once(pair: tuple[Daemon, 
     assert {"alice", "bob"} <= names
     for daemon in pair:
         assert "(database postgresql://" in daemon.log()  # the start line names the database
-        health = daemon.client().health()
-        assert health["database"].startswith("postgresql://") and "dbPath" not in health  # no SQLite file to name
+        health = daemon.client().health()  # without the token: the kind of database, no URL (issue 25)
+        assert health["database"] == "PostgreSQL" and "dbPath" not in health  # no SQLite file to name
+        trusted = daemon.client().health(with_token=True)
+        assert trusted["database"].startswith("postgresql://") and "dbPath" not in trusted
     status = subprocess.run(
         [sys.executable, "-m", "claude_mailbox", "status", "--url", a.url],
         env=a.env(),

@@ -466,7 +466,13 @@ def cmd_import_sqlite(args: argparse.Namespace) -> int:
             "or set database_url in config.toml"
         )
     source = Path(args.source).expanduser() if args.source else settings.database
-    result = importer.run(source, settings.database_url, host=settings.host_id, daemon_url=locate.daemon_url(args.url))
+    result = importer.run(
+        source,
+        settings.database_url,
+        host=settings.host_id,
+        daemon_url=locate.daemon_url(args.url),
+        connect_timeout=settings.database_connect_timeout_seconds,
+    )
     configured = loaded.database_url is not None and args.database_url in (None, loaded.database_url)
     next_step = (
         "start the daemon (config.toml names this database)"

@@ -60,8 +60,12 @@ class MailboxClient:
             token = self.token = auth.read_token()
         return {"Authorization": f"{auth.SCHEME} {token}"} if token else {}
 
-    def health(self) -> dict[str, Any]:
-        data = self.call("GET", "/health")
+    def health(self, with_token: bool = False) -> dict[str, Any]:
+        """`with_token`: also send the token (only to a daemon already proven ours: then /health names
+        a PostgreSQL database's redacted URL, which it shows nobody without the token)."""
+        token = (self.token or auth.read_token()) if with_token else None
+        headers = {"Authorization": f"{auth.SCHEME} {token}"} if token else None
+        data = self.call("GET", "/health", headers=headers)
         if not isinstance(data, dict) or data.get("status") != "ok":
             raise DaemonUnreachable(f"{self.url} answered, but not as a claude-mailbox daemon")
         return data

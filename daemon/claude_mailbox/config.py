@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 from claude_mailbox import fsutil, paths
 from claude_mailbox.auth import MODES as AUTH_MODES
@@ -34,6 +35,7 @@ class Config:
     bind: str = paths.DEFAULT_BIND
     db_path: Path | None = None  # None: mailbox.db in the data dir
     database_url: str | None = None  # postgresql://user@host:port/dbname: the store is on PostgreSQL (several machines)
+    database_connect_timeout_seconds: int = 10  # a PostgreSQL server that accepts and never answers: give up
     host_id: str | None = None  # this machine's name among daemons sharing a database (default: the host name)
     durability: str = "normal"  # "full" fsyncs every commit (SQLite synchronous=FULL)
     busy_timeout_ms: int = 2000
@@ -65,7 +67,7 @@ class Config:
 
     @property
     def database_label(self) -> str:
-        """Where the mail is kept, for messages: the file, or the PostgreSQL URL without its password."""
+        """Where the mail is kept, for messages: the file, or the PostgreSQL URL without its credentials."""
         if not self.database_url:
             return str(self.database)
         return redact_url(self.database_url)
@@ -103,13 +105,96 @@ class Config:
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
+# libpq (and asyncpg) parameters that carry a secret or the path to one; any key naming a password,
+# a key, a token or a secret counts too, so a parameter added later is not shown by default.
+_SECRET_PARAMS = frozenset({"password", "passfile", "sslpassword", "sslkey", "sslcert", "sslcrl", "sslcrldir"})
+_SECRET_WORDS = ("pass", "key", "secret", "token", "cred", "auth")
+
+
+def _secret_param(key: str) -> bool:
+    key = key.strip().lower()
+    return key in _SECRET_PARAMS or any(word in key for word in _SECRET_WORDS)
+
+
+def _query_pairs(query: str) -> list[tuple[str, str, str]]:
+    """(raw pair, decoded key, decoded value) for each `k=v` of a query; libpq decodes %XX in keys too."""
+    pairs = []
+    for raw in query.split("&"):
+        key, _, value = raw.partition("=")
+        pairs.append((raw, unquote_plus(key), unquote_plus(value)))
+    return pairs
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets in a database URL (its password, wherever it stands, and secret parameters' values),
+    raw and decoded: `scrub` removes them from text that may quote the URL (a driver's error)."""
+    rest = url.partition("://")[2]
+    netloc, _, query = rest.split("#", 1)[0].partition("?")
+    netloc = netloc.split("/", 1)[0]
+    found: list[str] = []
+    if "@" in netloc:
+        password = netloc.rpartition("@")[0].partition(":")[2]
+        found += [password, unquote(password)]
+    for raw, key, value in _query_pairs(query):
+        if _secret_param(key):
+            found += [raw.partition("=")[2], value]
+    return sorted({secret for secret in found if secret}, key=len, reverse=True)
+
+
 def redact_url(url: str) -> str:
-    """A database URL without its password (safe to print and log)."""
+    """A database URL without its credentials, safe to show, log and put in an error: the password of
+    the user info and every secret query parameter (password, passfile, sslpassword, sslkey, ...) are
+    removed; the user, hosts, database and other parameters stay. Never raises, even on a malformed URL."""
     scheme, found, rest = url.partition("://")
-    if not found or "@" not in rest:
-        return url
-    credentials, host = rest.rsplit("@", 1)
-    return f"{scheme}://{credentials.split(':', 1)[0]}@{host}"
+    if not found:
+        return "(not a URL)"
+    rest = rest.split("#", 1)[0]  # a fragment means nothing to libpq
+    authority_and_path, _, query = rest.partition("?")
+    authority, slash, path = authority_and_path.partition("/")
+    if "@" in authority:
+        user_info, _, hosts = authority.rpartition("@")
+        user = user_info.partition(":")[0]
+        authority = f"{user}@{hosts}" if user else hosts
+    kept = [raw for raw, key, _ in _query_pairs(query) if raw and not _secret_param(key)] if query else []
+    return f"{scheme}://{authority}{slash}{path}" + (f"?{'&'.join(kept)}" if kept else "")
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` with every secret of `url` replaced: for messages that quote what a driver said."""
+    for secret in url_secrets(url):
+        if len(secret) >= 3 or secret in text.split():  # a 1-2 character secret only as a whole word
+            text = text.replace(secret, "***")
+    return text
+
+
+def database_url_problem(url: str) -> str | None:
+    """What is wrong with a database URL, in words naming the part (None: nothing found). Checked at
+    load, so a bad port or host is one line then, never a traceback from the driver."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return "database_url must be a postgresql://user@host:port/dbname URL"
+    label = f"database_url {redact_url(url)}"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": an unclosed [ in the host
+        return f"{label} has a malformed host ({exc}: a bracketed IPv6 address needs its closing ])"
+    hosts = parts.netloc.rpartition("@")[2]
+    for host in hosts.split(",") if hosts else []:  # libpq takes several host[:port], comma-separated
+        name, port = host, ""
+        if host.startswith("["):
+            name, closed, after = host[1:].partition("]")
+            if not closed or (after and not after.startswith(":")):
+                return f"{label} has a malformed host {host!r}"
+            port = after[1:]
+        elif ":" in host:
+            name, _, port = host.rpartition(":")
+        if ":" in name and not host.startswith("["):
+            return f"{label} has a malformed host {host!r} (write an IPv6 address in brackets: [::1]:5432)"
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            return f"{label} has port {port!r} for host {name!r}: a port is a number from 1 to 65535"
+    for _raw, key, value in _query_pairs(parts.query) if parts.query else []:
+        if key == "port" and not all(p.isascii() and p.isdigit() and 1 <= int(p) <= 65535 for p in value.split(",")):
+            return f"{label} has port {value!r} in its query: a port is a number from 1 to 65535"
+    return None
 
 
 # Keys the seed's mailbox.json used, mapped to ours.
@@ -130,6 +215,7 @@ _INT_KEYS = {
     "rate_limit_per_peer_per_minute",
     "rate_limit_global_per_minute",
     "integrity_check_minutes",
+    "database_connect_timeout_seconds",
 }
 _STR_KEYS = {"bind", "durability", "prefix", "auth", "database_url", "host_id", "public_name"}
 
@@ -175,6 +261,7 @@ RANGES: dict[str, tuple[int, int]] = {
     "rate_limit_per_peer_per_minute": (1, 1_000_000_000),
     "rate_limit_global_per_minute": (1, 1_000_000_000),
     "integrity_check_minutes": (0, 7 * 24 * 60),
+    "database_connect_timeout_seconds": (1, 3600),
 }
 
 
@@ -192,8 +279,10 @@ def validate(config: Config, origin: str) -> None:
         raise ConfigError(f"{origin}: max_body_bytes ({config.max_body_bytes}) must not exceed max_request_bytes")
     if config.db_path is not None:
         _check_db_path(config.db_path, origin)
-    if config.database_url is not None and not config.database_url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(f"{origin}: database_url must be a postgresql://user@host:port/dbname URL")
+    if config.database_url is not None:
+        problem = database_url_problem(config.database_url)
+        if problem:
+            raise ConfigError(f"{origin}: {problem}")
     if (config.tls_cert is None) != (config.tls_key is None):
         missing = "tls_key" if config.tls_key is None else "tls_cert"
         raise ConfigError(f"{origin}: tls_cert and tls_key go together: {missing} is missing")

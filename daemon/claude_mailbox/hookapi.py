@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from claude_mailbox import hooktext
-from claude_mailbox.errors import InvalidInput, NotFound
+from claude_mailbox.errors import InvalidInput, NotFound, StoreUnavailable
 from claude_mailbox.model import Lease, iso_before
 from claude_mailbox.service import PEER_WINDOW_SECONDS, Caller, MailboxService, MailboxView
 
@@ -105,15 +105,19 @@ async def handle(
 
 async def _session_start(service: MailboxService, hook: HookInput, caller: Caller, prefix: str | None) -> HookReply:
     project_dir = hook.raw.get("project_dir")
-    started = await service.session_start(
-        hook.session_id,
-        source=hook.source,
-        cwd=hook.cwd,
-        project_dir=project_dir if isinstance(project_dir, str) else hook.cwd,
-        claude_pid=caller.claude_pid,
-        prefix=prefix,
-        fixed=caller.header_name,
-    )
+    try:
+        started = await service.session_start(
+            hook.session_id,
+            source=hook.source,
+            cwd=hook.cwd,
+            project_dir=project_dir if isinstance(project_dir, str) else hook.cwd,
+            claude_pid=caller.claude_pid,
+            prefix=prefix,
+            fixed=caller.header_name,
+        )
+    except StoreUnavailable:  # the session must still hear that mail is out, not silence
+        line = hooktext.database_unreachable_line(service.config.database_label)
+        return HookReply(stdout=hooktext.context_output("SessionStart", line))
     context = hooktext.session_start_context(
         started.mailbox,
         _peers(started.views, started.mailbox),

@@ -36,6 +36,16 @@ def context_output(event: str, context: str) -> str:
     return json.dumps({"hookSpecificOutput": {"hookEventName": event, "additionalContext": context}})
 
 
+def database_unreachable_line(where: str) -> str:
+    """SessionStart while the daemon runs but cannot reach its database (`where`: the redacted URL):
+    the session is not registered, so no tool is named; mail returns with the database."""
+    return (
+        f"claude-mailbox: mail is unavailable right now: the mailbox daemon runs but cannot reach its database "
+        f"({where}), so mail can neither be sent nor read in this session until the database is back "
+        "(the daemon reconnects by itself; nothing already sent is lost)."
+    )
+
+
 @dataclass(frozen=True)
 class Peers:
     """Whom a starting session can write to: sessions running now, sessions that ended within the

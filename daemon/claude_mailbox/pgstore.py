@@ -4,8 +4,9 @@ Same behaviour as store.Store on SQLite (the contract tests run against both); t
 how it is made safe with several daemons writing at once:
 - A read takes its messages with `SELECT ... FOR UPDATE SKIP LOCKED`, and the lease lives on the
   message row itself (`lease_id`, `lease_expires`), so a concurrent reader re-checks it on the very
-  row it locks: no message is handed to two live leases. An expired lease needs no sweep: its mail
-  is simply pending again for the next read.
+  row it locks: no message is handed to two live leases. An expired lease's mail is pending again
+  for the next read; every daemon also sweeps expired leases (`expire_leases`, SKIP LOCKED: one
+  daemon wins each) and NOTIFYs, so waiters wake even when the daemon that took the lease died.
 - Pending counts are kept per mailbox by triggers, as on SQLite. Idempotency keys are serialized per
   (sender, key) with a transaction-scoped advisory lock.
 - Every change that can wake a reader also NOTIFYs channel `claude_mailbox` (from the trigger, so
@@ -36,7 +37,7 @@ from typing import Any
 import asyncpg  # ships no type information: see [[tool.mypy.overrides]] in pyproject.toml
 
 from claude_mailbox import rowmap
-from claude_mailbox.config import redact_url
+from claude_mailbox.config import redact_url, scrub
 from claude_mailbox.errors import LeaseNotFound, MailboxError, MailboxFull, StorageFull, StoreBusy, StoreUnavailable
 from claude_mailbox.hooktext import RENDERED_OVERHEAD
 from claude_mailbox.model import (
@@ -76,6 +77,7 @@ _COSTS: dict[Cost, str] = {
 _MIGRATION_LOCK = 0x6D61696C  # pg_advisory_xact_lock key: one daemon migrates at a time
 LISTEN_RETRY_SECONDS = 1.0
 MAX_LEASED = 1000  # messages one read considers (a bigger inbox is read in pages, as max_bytes does)
+SWEEP_BATCH = 500  # expired leases one sweep statement returns (the rest go in the next statement)
 HEARTBEAT_SECONDS = 5.0  # a daemon silent for 3 beats leaves its sessions "unknown", not dead
 
 # model.SCHEMA_STEPS as PostgreSQL takes them, by number. PostgreSQL support began at SQLite's schema 3,
@@ -248,8 +250,9 @@ _M_COLUMNS = ", ".join(f"m.{column}" for column in _MESSAGE_COLUMNS.split(", "))
 class PgStore:
     """A pool of connections to one PostgreSQL database, plus one LISTEN connection."""
 
-    def __init__(self, url: str, pool: Any, origin: str, host: str) -> None:
+    def __init__(self, url: str, pool: Any, origin: str, host: str, connect_timeout: float = 10.0) -> None:
         self.url = url
+        self._connect_timeout = connect_timeout
         self.host = host
         self.description = redact_url(url)
         self.shared = True
@@ -259,7 +262,11 @@ class PgStore:
         self._heartbeat: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, url: str, *, host: str | None = None, max_connections: int = 10) -> PgStore:
+    async def open(
+        cls, url: str, *, host: str | None = None, max_connections: int = 10, connect_timeout: float = 10.0
+    ) -> PgStore:
+        """Connect (each connection attempt gives up after `connect_timeout` seconds) and migrate.
+        StoreUnavailable in one line naming the redacted URL; no secret of the URL in it."""
         origin = f"claude-mailbox-{secrets.token_hex(6)}"
         try:
             pool = await asyncpg.create_pool(
@@ -268,10 +275,18 @@ class PgStore:
                 max_size=max_connections,
                 server_settings={"application_name": origin},
                 command_timeout=60,
+                timeout=connect_timeout,
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL at {redact_url(url)}: {exc}") from None
-        store = cls(url, pool, origin, host or socket.gethostname())
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"cannot connect to PostgreSQL at {redact_url(url)}: the connection and login got no answer "
+                f"within {connect_timeout:g} s (database_connect_timeout_seconds)"
+            ) from None
+        except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The driver's words may quote the URL (a password in its query): scrubbed.
+            reason = scrub(str(exc), url) or exc.__class__.__name__
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {redact_url(url)}: {reason}") from None
+        store = cls(url, pool, origin, host or socket.gethostname(), connect_timeout)
         try:
             await store._migrate()
         except BaseException:
@@ -368,7 +383,11 @@ class PgStore:
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(self.url, server_settings={"application_name": self._origin + "-listen"})
+                conn = await asyncpg.connect(
+                    self.url,
+                    server_settings={"application_name": self._origin + "-listen"},
+                    timeout=self._connect_timeout,
+                )
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, received)
@@ -387,7 +406,8 @@ class PgStore:
                         await asyncio.wait_for(conn.close(), 2)
                 raise
             except Exception as exc:  # the server went away or refused us: retry
-                log.warning("LISTEN connection to %s lost (%s); reconnecting", self.description, exc)
+                reason = scrub(str(exc), self.url) or exc.__class__.__name__
+                log.warning("LISTEN connection to %s lost (%s); reconnecting", self.description, reason)
             deaf = True
             if conn is not None:
                 conn.terminate()
@@ -605,14 +625,30 @@ class PgStore:
             if mailbox:
                 await self._notify(conn, "mail", mailbox)
 
-    async def expire_leases(self) -> None:
-        """Give back the mail of every expired lease, and tell every daemon's waiters it is back."""
-        at = now_iso()
-        async with self._tx() as conn:
-            await self._return(conn, "lease_id IN (SELECT id FROM leases WHERE expires_at <= $1)", at)
-            expired = await conn.fetch("DELETE FROM leases WHERE expires_at <= $1 RETURNING mailbox", at)
-            for mailbox in sorted({row[0] for row in expired}):
-                await self._notify(conn, "mail", mailbox)
+    async def expire_leases(self, limit: int = SWEEP_BATCH) -> list[str]:
+        """Give back the mail of at most `limit` expired leases in one statement, and tell every daemon's
+        waiters it is back (NOTIFY at commit); the mailboxes it came back to (this daemon's own waiters
+        are not told by its NOTIFY). Leases another daemon is returning right now are skipped: one wins each."""
+        async with self._tx(transaction=False) as conn:
+            rows = await conn.fetch(
+                """
+                WITH gone AS (
+                    DELETE FROM leases WHERE id IN (
+                        SELECT id FROM leases WHERE expires_at <= $1
+                        ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                    RETURNING id, mailbox),
+                back AS (
+                    UPDATE messages SET lease_id = NULL, lease_expires = NULL
+                    WHERE lease_id IN (SELECT id FROM gone) AND delivered_at IS NULL)
+                SELECT mailbox, pg_notify($3, $4 || E'\t' || 'mail' || E'\t' || mailbox || E'\t')
+                FROM (SELECT DISTINCT mailbox FROM gone) returned ORDER BY mailbox
+                """,
+                now_iso(),
+                limit,
+                CHANNEL,
+                self._origin,
+            )
+        return [row[0] for row in rows]
 
     @staticmethod
     async def _return(conn: Any, condition: str, *bindings: Any) -> None:

@@ -18,6 +18,7 @@ from claude_mailbox.schemas import mailbox_json
 from claude_mailbox.service import Caller, Delivery, MailboxService
 
 SERVICE = web.AppKey("service", MailboxService)
+TRUSTED = web.RequestKey("trusted", bool)  # the request carries the token (or auth = "none"): server.authenticate
 
 
 def caller_from_headers(headers: Any) -> Caller:
@@ -79,8 +80,9 @@ def _connected(request: web.Request) -> Callable[[], bool]:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Public (probes need no token), so without the token it names no database URL."""
     service = request.app[SERVICE]
-    return web.json_response({"status": "ok", "version": __version__, **service.info()})
+    return web.json_response({"status": "ok", "version": __version__, **service.info(request.get(TRUSTED, False))})
 
 
 async def send(request: web.Request) -> web.Response:

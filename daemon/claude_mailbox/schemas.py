@@ -278,7 +278,13 @@ def feed_json(message: Any) -> FeedMessage:
 class Health(TypedDict):
     status: Literal["ok"]
     version: str
-    database: Annotated[str, Json("Where the mail is: the SQLite file, or the PostgreSQL URL without password.")]
+    database: Annotated[
+        str,
+        Json(
+            "Where the mail is: the SQLite file; on PostgreSQL `PostgreSQL`, and to a caller with the token"
+            " the URL without its credentials."
+        ),
+    ]
     dbPath: NotRequired[Annotated[str, Json("The SQLite file (absent when the mail is in PostgreSQL).")]]
     port: NotRequired[int]
     waiters: NotRequired[Annotated[int, Json("Open long-polls.")]]

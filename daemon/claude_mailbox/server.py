@@ -41,7 +41,7 @@ from claude_mailbox.errors import (
 from claude_mailbox.integrity import IntegrityMonitor
 from claude_mailbox.limits import LIMITS, DaemonRunner, Limits, open_file_limit, spend_rate
 from claude_mailbox.locate import LOOPBACK_NAMES
-from claude_mailbox.service import MailboxService
+from claude_mailbox.service import LEASE_SWEEP_SECONDS, MailboxService
 
 CONFIG = web.AppKey("config", Config)
 TOKEN = web.AppKey("token", tuple)  # (the token, its file), or () with auth = "none"
@@ -159,7 +159,9 @@ def authenticate(request: web.Request, public: bool) -> None:
     permissions, the token file has. Unknown paths answer 401 too, so nothing is learnt without
     the token."""
     token = request.app[TOKEN]
-    if token and not public and not auth.matches(request.headers.get("Authorization"), token[0]):
+    trusted = not token or auth.matches(request.headers.get("Authorization"), token[0])
+    request[rest.TRUSTED] = trusted  # a public route may say more to a caller with the token (/health)
+    if not public and not trusted:
         how = (
             f'send "Authorization: Bearer <token>" with the token in {token[1]} '
             f'(curl -H "Authorization: Bearer $(cat {token[1]})"; clients read it or $CLAUDE_MAILBOX_TOKEN)'
@@ -229,6 +231,8 @@ async def _service_lifecycle(app: web.Application) -> AsyncIterator[None]:
     if INTEGRITY in app:
         app[INTEGRITY].opened()
         tasks.append(asyncio.create_task(app[INTEGRITY].run()))
+    if service.store.shared:  # a daemon that died leaves leases nobody else would time out
+        tasks.append(asyncio.create_task(_every(LEASE_SWEEP_SECONDS, service.sweep_leases)))
     retention = app[CONFIG].retention_days
     if retention:
         tasks.append(asyncio.create_task(_every(RETENTION_INTERVAL, lambda: service.prune(retention), first=0.0)))

@@ -57,6 +57,8 @@ MAX_WATCH_SECONDS = 3600.0
 # A waiting long-poll looks at its connection this often: one whose client went away gives its
 # place under max_watchers back within this, not at its timeout (up to an hour).
 DISCONNECT_CHECK_SECONDS = 2.0
+LEASE_SWEEP_SECONDS = 1.0  # with a shared database: how often every daemon returns expired leases (any daemon's)
+LEASE_SWEEP_ROUNDS = 10  # statements one sweep may run when many leases expired at once (bounded work)
 STOP_RECHECK_SECONDS = 60.0  # a Stop waiter re-checks its connection and its Claude Code process this often
 HOST_SILENT_SECONDS = 15.0  # 3 missed heartbeats (pgstore.HEARTBEAT_SECONDS): another host's sessions are unknown
 SETTLE_WAIT_SECONDS = 2.0  # the longest a read waits for an answer being written to be acknowledged
@@ -169,7 +171,9 @@ class MailboxService:
                 raise ConfigError(
                     "database_url needs the PostgreSQL driver: pip install 'claude-mailbox[postgres]'"
                 ) from None
-            pg = await PgStore.open(config.database_url, host=self.host_id)
+            pg = await PgStore.open(
+                config.database_url, host=self.host_id, connect_timeout=config.database_connect_timeout_seconds
+            )
             pg.listen(self._remote_wake)
             pg.heartbeat(liveness.is_alive)
             self._store = pg
@@ -284,13 +288,23 @@ class MailboxService:
         self.waiters.notify(name, Wake("mail"))
         # Waiters on other daemons sharing the database learn it from there, once the mail is given back.
         if self._store is not None and self._store.shared:
-            task = asyncio.get_running_loop().create_task(self._expire_shared_leases())
+            task = asyncio.get_running_loop().create_task(self.sweep_leases())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _expire_shared_leases(self) -> None:
-        with contextlib.suppress(MailboxError):  # database away: the mail still comes back on the next read
-            await self.store.expire_leases()
+    async def sweep_leases(self) -> None:
+        """With a shared database, on a timer (server.py) and when a lease taken here runs out: give back
+        the mail of expired leases, whichever daemon took them (it may have died), and wake the waiters
+        here (other daemons' hear it by NOTIFY). Bounded: LEASE_SWEEP_ROUNDS statements of SWEEP_BATCH."""
+        for _ in range(LEASE_SWEEP_ROUNDS):
+            try:
+                returned = await self.store.expire_leases()
+            except MailboxError:  # database away: the heartbeat reports it; the mail comes back on the next read
+                return
+            for mailbox in returned:
+                self.waiters.notify(mailbox, Wake("mail"))
+            if len(returned) == 0 or not self.store.shared:
+                return
 
     async def ack(self, name: str, lease_id: object) -> int:
         identity.validate_name(name)
@@ -598,10 +612,12 @@ class MailboxService:
         if header_name != name:
             raise IdentityMismatch(f"X-Mailbox {header_name!r} may not {doing} {name!r}")
 
-    def info(self) -> dict[str, Any]:
+    def info(self, trusted: bool = True) -> dict[str, Any]:
+        """What /health says. Untrusted (no token): a PostgreSQL database is named by its kind only."""
         on_file = {} if self.config.database_url else {"dbPath": str(self.config.database)}
+        database = self.config.database_label if trusted or not self.config.database_url else "PostgreSQL"
         return {
-            "database": self.config.database_label,  # the file, or the PostgreSQL URL without its password
+            "database": database,  # the file, or the PostgreSQL URL without its credentials
             **on_file,
             "port": self.config.port,
             "waiters": self.waiters.total(),

@@ -581,10 +581,14 @@ class Store:
             self._return(db, "lease_id = ?", (lease_id,))
             db.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
 
-    def expire_leases(self) -> None:
-        """Give the messages of every expired lease back (also done by each `lease`)."""
+    def expire_leases(self) -> list[str]:
+        """Give the messages of every expired lease back (also done by each `lease`); the mailboxes
+        they came back to."""
+        at = now_iso()
         with self._write() as db:
-            self._expire(db, now_iso())
+            rows = db.execute("SELECT DISTINCT mailbox FROM leases WHERE expires_at <= ?", (at,)).fetchall()
+            self._expire(db, at)
+        return sorted(str(row[0]) for row in rows)
 
     def _expire(self, db: apsw.Connection, at: str) -> None:
         self._return(db, "lease_id IN (SELECT id FROM leases WHERE expires_at <= ?)", (at,))

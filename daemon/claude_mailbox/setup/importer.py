@@ -93,7 +93,9 @@ class Imported:
         }
 
 
-def run(source: Path, url: str, *, host: str | None = None, daemon_url: str | None = None) -> Imported:
+def run(
+    source: Path, url: str, *, host: str | None = None, daemon_url: str | None = None, connect_timeout: float = 10.0
+) -> Imported:
     """Copy the SQLite mailbox at `source` into the PostgreSQL database at `url` (see the module doc).
     `daemon_url`: the located daemon, refused when it runs on `source`."""
     label = redact_url(url)
@@ -110,14 +112,16 @@ def run(source: Path, url: str, *, host: str | None = None, daemon_url: str | No
             raise ConfigError(
                 "import-sqlite needs the PostgreSQL driver: pip install 'claude-mailbox[postgres]'"
             ) from None
-        return asyncio.run(_import(pgstore, file, source, url, label, host))
+        return asyncio.run(_import(pgstore, file, source, url, label, host, connect_timeout))
     finally:
         file.close()
 
 
-async def _import(pgstore: Any, file: ImportFile, source: Path, url: str, label: str, host: str | None) -> Imported:
+async def _import(
+    pgstore: Any, file: ImportFile, source: Path, url: str, label: str, host: str | None, connect_timeout: float
+) -> Imported:
     # Connect (and create or migrate the schema, as a daemon would) before writing anything to SQLite.
-    pg = await pgstore.PgStore.open(url, host=host, max_connections=1)
+    pg = await pgstore.PgStore.open(url, host=host, max_connections=1, connect_timeout=connect_timeout)
     try:
         file.open_writer()
         try:

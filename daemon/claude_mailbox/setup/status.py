@@ -35,6 +35,9 @@ def gather(flag: str | None = None, session_id: str | None = None) -> dict[str, 
         data["error"] = exc.message
         if isinstance(exc, TlsFailed):
             data["state"] = "Untrusted"
+    if health is not None and health.get("database") == "PostgreSQL" and "dbPath" not in health:
+        with contextlib.suppress(MailboxError):  # it answered as ours: the token shows the (redacted) URL
+            health = client.health(with_token=True)
     if health is not None:
         data.update(health)
         data["state"] = "Running"
@@ -53,9 +56,12 @@ def gather(flag: str | None = None, session_id: str | None = None) -> dict[str, 
         try:
             data["mailboxes"] = client.list()["mailboxes"]
         except DaemonError as exc:
-            if exc.http_status != 401:
+            if exc.code == "database_unavailable":  # the daemon runs, its database does not answer
+                data["database"]["unreachable"] = True
+            elif exc.http_status != 401:
                 raise
-            data["auth"]["error"] = exc.message  # the rest of the status is still worth showing
+            else:
+                data["auth"]["error"] = exc.message  # the rest of the status is still worth showing
     return data
 
 
@@ -111,7 +117,12 @@ def render(data: dict[str, Any], now: datetime | None = None) -> str:
     autostart = data["autostart"]
     how = autostart.get("mechanism") or ("not registered" if autostart["state"] == "NotInstalled" else "")
     database = data["database"]
-    if database.get("server"):
+    if database.get("unreachable"):
+        size = (
+            f"{'PostgreSQL, ' if database.get('server') else ''}UNREACHABLE: the daemon cannot reach it, so mail "
+            "can neither be sent nor read until it is back; the daemon reconnects by itself"
+        )
+    elif database.get("server"):
         size = "PostgreSQL"
     else:
         size = _size(database["bytes"]) if database.get("bytes") is not None else "not created yet"
