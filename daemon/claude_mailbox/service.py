@@ -250,6 +250,9 @@ class MailboxService:
         text = validate_body(body, self.config.max_body_bytes)
         key = validate_idempotency_key(idempotency_key)
         self.rate_limiter.take(sender)
+        # An answer that just handed this inbox's mail out is acknowledged right after it is written:
+        # the pending cap must count after that, as reads do (a send right after a check).
+        await self._after_settling(recipient)
         limit = self.config.max_pending_per_mailbox
         sent = await self.store.send(SendRequest(sender, recipient, text, max_pending=limit, idempotency_key=key))
         if not sent.repeated:
