@@ -165,6 +165,7 @@ def test_launchd_plist_round_trips() -> None:
         "StandardErrorPath": "/m/d.log",
         "EnvironmentVariables": {"CLAUDE_MAILBOX_HOME": "/Users/a b/mail"},
         "ProcessType": "Background",
+        "Umask": 0o077,  # the log launchd creates is private (issue 20.2)
     }
     assert data.startswith(b"<?xml") and b"<!DOCTYPE plist" in data
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import apsw
 
-from claude_mailbox import rowmap
+from claude_mailbox import fsutil, rowmap
 from claude_mailbox.errors import (
     InvalidInput,
     LeaseNotFound,
@@ -295,6 +295,16 @@ def quick_check(path: Path, limit: int = 3) -> str | None:
     return "; ".join(" ".join(problem.split()) for problem in problems)
 
 
+def _make_private(path: Path) -> None:
+    """Mail is this user's alone, wherever db_path points (issue 20.2): create the database file 0600
+    before SQLite opens it (SQLite gives -wal and -shm the database file's mode), and tighten the
+    three files an older version left readable."""
+    with contextlib.suppress(OSError):  # a directory that refuses it fails the open with its reason
+        os.close(fsutil.open_private(path, os.O_RDWR))
+    for name in (f"{path}-wal", f"{path}-shm"):
+        fsutil.make_private(name)
+
+
 class WriteGroup:
     """Group commit for dbthread.DbThread: several sends in one transaction, each in a savepoint
     (Store._write), committed once. Nothing is answered before the COMMIT has succeeded."""
@@ -331,6 +341,7 @@ class Store:
         self.path = path
         with _translated_errors(path):
             path.parent.mkdir(parents=True, exist_ok=True)
+            _make_private(path)
             self.db = apsw.Connection(str(path))
             self.db.set_busy_timeout(busy_timeout_ms)
             # Fail here, with the file's name, if it is not a database or is damaged (before any write,
