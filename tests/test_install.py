@@ -59,7 +59,7 @@ def test_the_readme_install_command_works_with_the_distributions_python3(tmp_pat
         health = None
         while health is None and time.monotonic() < deadline and process.poll() is None:
             try:
-                health = client.health()
+                health = client.health(detailed=True)
             except MailboxError:
                 time.sleep(0.25)
         assert health is not None, f"exit {process.poll()}: {process.communicate()[0] if process.poll() else ''}"

@@ -257,7 +257,7 @@ def test_mail_sent_through_a_is_read_through_b_exactly_once(pair: tuple[Daemon, 
     assert {"alice", "bob"} <= names
     for daemon in pair:
         assert "(database postgresql://" in daemon.log()  # the start line names the database
-        health = daemon.client().health()
+        health = daemon.client().health(detailed=True)
         assert health["database"].startswith("postgresql://") and "dbPath" not in health  # no SQLite file to name
     status = subprocess.run(
         [sys.executable, "-m", "claude_mailbox", "status", "--url", a.url],

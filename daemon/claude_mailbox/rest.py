@@ -11,13 +11,14 @@ from typing import Any
 
 from aiohttp import web
 
-from claude_mailbox import __version__, hookapi, identity, schemas
+from claude_mailbox import __version__, auth, hookapi, identity, schemas
 from claude_mailbox.errors import InvalidInput, NotFound
 from claude_mailbox.model import FeedFilter
 from claude_mailbox.schemas import mailbox_json
 from claude_mailbox.service import Caller, Delivery, MailboxService
 
 SERVICE = web.AppKey("service", MailboxService)
+TOKEN = web.AppKey("token", tuple)  # (the token, its file), or () with auth = "none"
 
 
 def caller_from_headers(headers: Any) -> Caller:
@@ -78,9 +79,24 @@ def _connected(request: web.Request) -> Callable[[], bool]:
 # --- routes ------------------------------------------------------------------------------------
 
 
+def has_token(request: web.Request) -> bool:
+    """Does the request carry this daemon's token (always, with auth = "none")?"""
+    token = request.app[TOKEN]
+    return not token or auth.matches(request.headers.get("Authorization"), token[0])
+
+
 async def health(request: web.Request) -> web.Response:
+    """Open to any local process, so without the token it says only whether the daemon runs and its
+    version (issue 20.8): the database's path or URL, the port and the limits need the token. The one
+    place that decides what /health shows."""
     service = request.app[SERVICE]
-    return web.json_response({"status": "ok", "version": __version__, **service.info()})
+    lost = service.lost()
+    answer: dict[str, Any] = {"status": "database_unavailable" if lost else "ok", "version": __version__}
+    if has_token(request):
+        answer.update(service.info())
+        if lost:
+            answer["problem"] = lost
+    return web.json_response(answer)
 
 
 async def send(request: web.Request) -> web.Response:

@@ -276,9 +276,17 @@ def feed_json(message: Any) -> FeedMessage:
 
 
 class Health(TypedDict):
-    status: Literal["ok"]
+    """Without the token only `status` and `version`; the rest needs it."""
+
+    status: Annotated[
+        Literal["ok", "database_unavailable"],
+        Json("database_unavailable: the database file was deleted or replaced; restart the daemon."),
+    ]
     version: str
-    database: Annotated[str, Json("Where the mail is: the SQLite file, or the PostgreSQL URL without password.")]
+    problem: NotRequired[Annotated[str, Json("Why the database is unavailable (with the token).")]]
+    database: NotRequired[
+        Annotated[str, Json("Where the mail is: the SQLite file, or the PostgreSQL URL without password.")]
+    ]
     dbPath: NotRequired[Annotated[str, Json("The SQLite file (absent when the mail is in PostgreSQL).")]]
     port: NotRequired[int]
     waiters: NotRequired[Annotated[int, Json("Open long-polls.")]]

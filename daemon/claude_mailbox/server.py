@@ -44,7 +44,7 @@ from claude_mailbox.locate import LOOPBACK_NAMES
 from claude_mailbox.service import MailboxService
 
 CONFIG = web.AppKey("config", Config)
-TOKEN = web.AppKey("token", tuple)  # (the token, its file), or () with auth = "none"
+TOKEN = rest.TOKEN  # (the token, its file), or () with auth = "none"
 INTEGRITY = web.AppKey("integrity", IntegrityMonitor)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -290,7 +290,7 @@ class Doctor:
         python = self.daemon_python()
         mechanism = autostart.installed_mechanism()
         detached_only = mechanism is None and _no_service_manager()
-        health = probe_health(url, timeout=2.0)
+        health = probe_health(url, timeout=2.0, detailed=True)  # the token: its dbPath (_foreign_database)
         running = str(health.get("version")) if health else None
         from claude_mailbox import portholder
 
@@ -354,7 +354,7 @@ class Doctor:
         from claude_mailbox.setup import status
 
         note = status.mcp_note(url, source)
-        auth = "auth: " + status.auth_line(status.auth_info(probe_health(url, timeout=2.0)))
+        auth = "auth: " + status.auth_line(status.auth_info(probe_health(url, timeout=2.0, detailed=True)))
         summary = f"{how}; daemon {version} healthy at {url} (address from {source}); {auth}"
         return summary + (f"; {note}" if note else "")
 

@@ -29,7 +29,7 @@ def gather(flag: str | None = None, session_id: str | None = None) -> dict[str, 
     client = MailboxClient(url, timeout=2.0)
     data: dict[str, Any] = {"state": "Stopped", "url": client.url, "urlSource": source}
     try:
-        health: dict[str, Any] | None = client.health()
+        health: dict[str, Any] | None = client.health(detailed=True)
     except DaemonUnreachable as exc:
         health = None
         data["error"] = exc.message
@@ -49,7 +49,7 @@ def gather(flag: str | None = None, session_id: str | None = None) -> dict[str, 
     if session_id:
         data["session"] = {"id": session_id, "mailbox": _session_mailbox(client, session_id, health is not None)}
     data["mailboxes"] = []
-    if health is not None:
+    if health is not None and health.get("status") == "ok":  # else every read answers 503
         try:
             data["mailboxes"] = client.list()["mailboxes"]
         except DaemonError as exc:
@@ -120,6 +120,7 @@ def render(data: dict[str, Any], now: datetime | None = None) -> str:
         ("plugin", f"{plugin}" + (f"  {data['pluginRoot']}" if data.get("pluginRoot") else "")),
         ("port", f"{data.get('port', '')}  (address from {data.get('urlSource', locate.FROM_DEFAULT)})"),
         ("database", f"{database.get('path') or 'unknown'}  ({size})"),
+        *([("problem", f"UNAVAILABLE  {data['problem']}")] if data.get("problem") else []),
         ("autostart", f"{autostart['state']}" + (f"  {how}" if how else "")),
     ]
     integrity = data.get("integrity")
