@@ -402,6 +402,33 @@ def test_a_replaced_database_answers_503(mailbox_home: Path, tmp_path: Path) -> 
         daemon.stop()
 
 
+def test_a_start_on_a_full_disk_writes_daemon_url_or_fails_with_one_line(tmp_path: Path) -> None:
+    """The data dir on a full disk (the database elsewhere): a daemon that listened but wrote no
+    daemon.url would be one the hooks and the CLI cannot find (issue 20.8). It stops, saying why."""
+    with small_filesystem(tmp_path / "small") as home:
+        db = tmp_path / "db" / "mailbox.db"
+        first = Daemon(home, args=("--db-path", str(db))).start()  # writes the token while there is room
+        first.stop()
+        assert not (home / "daemon.url").exists()  # a clean stop removes it
+        filler = _fill(home)
+        daemon = Daemon(home, args=("--db-path", str(db)))
+        process = daemon.spawn()
+        try:
+            out, err = process.communicate(timeout=60)
+        finally:
+            daemon.stop()  # one that runs on without daemon.url must not outlive the test
+        assert process.returncode == 1, (out, err)
+        assert err.strip() == (
+            f"claude-mailbox: cannot write {home / 'daemon.url'} (No space left on device), where the hooks and "
+            "the CLI find this daemon's address; free some space (or make the data dir writable), then start "
+            "the daemon again"
+        ), err
+        assert not (home / "daemon.url").exists()
+        filler.unlink()
+        with Daemon(home, args=("--db-path", str(db))) as again:  # room again: it starts and says where
+            assert (home / "daemon.url").read_text() == again.url
+
+
 @pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="setting another process's limits needs Linux prlimit")
 def test_file_size_limit_during_send(mailbox_home: Path) -> None:
     """RLIMIT_FSIZE on the running daemon (its soft limit, so it can be raised back): a write past it

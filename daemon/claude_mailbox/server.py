@@ -350,10 +350,19 @@ def _without_client_garbage(record: logging.LogRecord) -> bool:
 
 
 def _write_url_file(url: str) -> Path:
-    """Hooks read the running daemon's address from here instead of parsing config.toml (faster)."""
+    """Hooks read the running daemon's address from here instead of parsing config.toml (faster).
+    A daemon they cannot find must not run on (issue 20.8): when it cannot be written (a full disk),
+    the start fails with one line. A file that already says this address (left by a killed daemon)
+    needs no write."""
     target = paths.url_file()
-    with contextlib.suppress(OSError):
-        fsutil.atomic_write(target, url)
+    try:
+        fsutil.write_if_changed(target, url.encode("utf-8"))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise MailboxError(
+            f"cannot write {target} ({reason}), where the hooks and the CLI find this daemon's address; "
+            "free some space (or make the data dir writable), then start the daemon again"
+        ) from None
     return target
 
 
