@@ -135,7 +135,7 @@ async def check_inbox(request: web.Request) -> web.StreamResponse:
     query = _query(request, schemas.CheckInboxQuery)
     name = query["name"]
     service.require_owner(name, request.headers.get("X-Mailbox"))
-    await _json_object(request)
+    await _json_object(request, schemas.NoBody)
     budget = int(_number(query, schemas.CheckInboxQuery, "maxChars", 0)) or None
     manual = _manual_ack(query)
     async with service.delivering(manual=manual) as delivery:
@@ -171,6 +171,7 @@ async def watch(request: web.Request) -> web.StreamResponse:
     name = query["name"]
     service.require_owner(name, request.headers.get("X-Mailbox"))
     timeout = _number(query, schemas.WatchQuery, "timeout", 25.0)
+    await _json_object(request, schemas.NoBody)
     manual = _manual_ack(query)
     async with service.delivering(manual=manual) as delivery:
         result = await service.watch(name, timeout, still_connected=_connected(request))

@@ -133,6 +133,10 @@ class PruneRequest(TypedDict):
     dryRun: NotRequired[Annotated[bool, Json("Count only.")]]
 
 
+class NoBody(TypedDict):  # issue 20.6: `{"zzz": 1}` consumed mail before
+    """No body, or an empty object: any field is refused before mail is taken."""
+
+
 class HookInput(TypedDict):
     session_id: Annotated[str, Json(minLength=1, maxLength=200, pattern=r"\S")]
     hook_event_name: NotRequired[str]
