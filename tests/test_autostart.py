@@ -214,7 +214,8 @@ def test_the_windows_launcher_applies_env_and_log_and_writes_the_pid_file(
     process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
     try:
         assert _wait_for(lambda: _answers(port)), log.read_text() if log.exists() else "no log"
-        assert MailboxClient(_url(port)).health(detailed=True)["dbPath"] == str(home / "mailbox.db")
+        token = (home / "token").read_text().strip()
+        assert MailboxClient(_url(port), token=token).health(detailed=True)["dbPath"] == str(home / "mailbox.db")
         assert (home / "daemon.pid").read_text().strip() == str(process.pid)
         assert "listening" in log.read_text()
         monkeypatch.setenv("CLAUDE_MAILBOX_HOME", str(home))

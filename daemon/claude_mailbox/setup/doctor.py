@@ -576,6 +576,8 @@ def _installed_location() -> str | None:
 
 def _foreign_database(health: dict[str, Any] | None) -> str | None:
     """The database of a daemon that answers on our port but belongs to another data dir."""
+    if health and "database" not in health:  # /health without details: it refused this data dir's token
+        return "another data dir's database (it does not take this data dir's token)"
     if not health or not health.get("dbPath"):
         return None
     from claude_mailbox import config
