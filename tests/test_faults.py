@@ -366,6 +366,8 @@ def test_a_deleted_database_answers_503_and_stores_nothing_as_sent(mailbox_home:
         _health_says(daemon, reason)
         taken = request(daemon.url, "POST", "/v1/check-inbox?name=bob", headers={"X-Mailbox": "bob"})
         _unavailable(taken, "deleted")  # reads too: they would hand out mail from a file that is gone
+        status = run_cli("status", env=daemon.env())
+        assert status.returncode == 0 and f"problem    UNAVAILABLE  {reason}" in status.stdout, status
         assert daemon.process.poll() is None
     finally:
         daemon.stop()
