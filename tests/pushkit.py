@@ -41,7 +41,7 @@ def kill(process: subprocess.Popen[str]) -> None:
 
 def waiters(daemon: Daemon) -> int:
     """Open long-polls (watchers and Stop waiters) on the daemon."""
-    return int(daemon.client().health()["waiters"])
+    return int(daemon.client().health(detailed=True)["waiters"])
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

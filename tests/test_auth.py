@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_mailbox import auth, identity
+from claude_mailbox import __version__, auth, identity
 from harness import REPO, Daemon, base_env, run_cli
 from plugin_env import hook_env, prompt_input, run_hook
 from rawhttp import Reply, request
@@ -121,7 +121,13 @@ def test_every_route_refuses_a_wrong_token(guarded: Daemon, authorization: str) 
 
 def test_health_and_the_page_shell_answer_without_the_token(guarded: Daemon) -> None:
     health = request(guarded.url, "GET", "/health", auth=False)
-    assert health.status == 200 and health.json["auth"] == "token"
+    # Any local process may ask: only whether it runs and its version (issue 20.8), not the database's
+    # path (with the user's name), the port or the limits; a wrong token gets no more.
+    assert health.status == 200 and health.json == {"status": "ok", "version": __version__}
+    wrong = request(guarded.url, "GET", "/health", headers={"Authorization": WRONG}, auth=False)
+    assert wrong.status == 200 and wrong.json == health.json
+    full = request(guarded.url, "GET", "/health")
+    assert full.json["auth"] == "token" and full.json["dbPath"] == str(guarded.db_path)
     page = request(guarded.url, "GET", "/", auth=False)
     assert page.status == 200 and page.content_type == "text/html"
     for name in ("app.js", "style.css"):

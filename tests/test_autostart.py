@@ -165,6 +165,7 @@ def test_launchd_plist_round_trips() -> None:
         "StandardErrorPath": "/m/d.log",
         "EnvironmentVariables": {"CLAUDE_MAILBOX_HOME": "/Users/a b/mail"},
         "ProcessType": "Background",
+        "Umask": 0o077,  # the log launchd creates is private (issue 20.2)
     }
     assert data.startswith(b"<?xml") and b"<!DOCTYPE plist" in data
 
@@ -213,7 +214,8 @@ def test_the_windows_launcher_applies_env_and_log_and_writes_the_pid_file(
     process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
     try:
         assert _wait_for(lambda: _answers(port)), log.read_text() if log.exists() else "no log"
-        assert MailboxClient(_url(port)).health()["dbPath"] == str(home / "mailbox.db")
+        token = (home / "token").read_text().strip()
+        assert MailboxClient(_url(port), token=token).health(detailed=True)["dbPath"] == str(home / "mailbox.db")
         assert (home / "daemon.pid").read_text().strip() == str(process.pid)
         assert "listening" in log.read_text()
         monkeypatch.setenv("CLAUDE_MAILBOX_HOME", str(home))
@@ -359,7 +361,7 @@ def test_start_detached_and_stop_a_real_daemon(port: int, mailbox_home: Path) ->
 
     assert paths.pid_file().read_text().strip() == str(pid)
     assert _wait_for(lambda: _answers(port)), paths.log_file().read_text()
-    assert MailboxClient(_url(port)).health()["dbPath"] == str(mailbox_home / "mailbox.db")
+    assert MailboxClient(_url(port)).health(detailed=True)["dbPath"] == str(mailbox_home / "mailbox.db")
     assert autostart.state(_url(port)) is State.RUNNING
     if hasattr(os, "getsid"):
         assert os.getsid(pid) == pid  # its own session: no terminal, no SIGHUP from ours

@@ -185,7 +185,7 @@ def test_doctor_sets_everything_up_then_changes_nothing(plugin: Plugin) -> None:
     assert str(report["file"]).startswith(str(plugin.venv)), report
 
     # The daemon: healthy at the configured port, this version, run by the managed interpreter.
-    health = MailboxClient(plugin.url).health()
+    health = MailboxClient(plugin.url, token=(plugin.home / "token").read_text().strip()).health(detailed=True)
     assert health["version"] == __version__
     assert Path(health["dbPath"]) == plugin.home / "mailbox.db"
     pid = plugin.daemon_pid()
@@ -258,10 +258,11 @@ def test_doctor_sets_everything_up_then_changes_nothing(plugin: Plugin) -> None:
         foreign = plugin.doctor("--yes", "--url", other.url)
         assert foreign.returncode == 1, foreign.stdout
         assert lines(foreign.stdout)["autostart"] == "failed"
-        assert f"serves {other_home / 'mailbox.db'}" in foreign.stdout
+        # Its /health shows its database only to its own token (issue 20.8): it refuses ours.
+        assert "serves another data dir's database (it does not take this data dir's token)" in foreign.stdout
         assert "another daemon holds the port" in foreign.stdout
         assert lines(foreign.stdout)["smoke"] == "skipped"
-        assert other.client().health()["dbPath"] == str(other_home / "mailbox.db")
+        assert other.client().health(detailed=True)["dbPath"] == str(other_home / "mailbox.db")
         assert other.client().list()["mailboxes"] == []  # no smoke test ran against it
     finally:
         other.stop()

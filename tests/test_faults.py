@@ -333,6 +333,104 @@ def test_disk_full_during_send(tmp_path: Path) -> None:
     assert tracebacks(daemon.log()) == []
 
 
+# --- the database file deleted or replaced under a running daemon (issue 20.5) -----------------------
+
+
+def _unavailable(reply: Reply, state: str) -> str:
+    assert reply.status == 503, (reply.status, reply.body[:300])
+    error = reply.error()
+    assert error["code"] == "database_unavailable" and f"was {state} while the daemon ran" in error["message"], error
+    return error["message"]
+
+
+def _health_says(daemon: Any, reason: str) -> None:
+    full = request(daemon.url, "GET", "/health")
+    assert full.status == 200 and full.json["status"] == "database_unavailable", full.json
+    assert full.json["problem"] == reason
+    bare = request(daemon.url, "GET", "/health", auth=False)
+    assert bare.json == {"status": "database_unavailable", "version": full.json["version"]}
+
+
+def test_a_deleted_database_answers_503_and_stores_nothing_as_sent(mailbox_home: Path) -> None:
+    """`rm mailbox.db*` under a running daemon: no send is answered 201 (it would land in the unlinked
+    file and be gone after a restart), /health says why, and an idle daemon notices it by itself."""
+    daemon = logged_daemon(mailbox_home)
+    try:
+        assert send(daemon.url, "alice", "bob", "before").status == 201
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{daemon.db_path}{suffix}").unlink()
+        replies = [send(daemon.url, "alice", "bob", f"after {index}") for index in range(10)]
+        assert [reply.status for reply in replies] == [503] * 10
+        reason = _unavailable(replies[0], "deleted")
+        assert str(daemon.db_path) in reason and "restart" in reason
+        _health_says(daemon, reason)
+        taken = request(daemon.url, "POST", "/v1/check-inbox?name=bob", headers={"X-Mailbox": "bob"})
+        _unavailable(taken, "deleted")  # reads too: they would hand out mail from a file that is gone
+        status = run_cli("status", env=daemon.env())
+        assert status.returncode == 0 and f"problem    UNAVAILABLE  {reason}" in status.stdout, status
+        assert daemon.process.poll() is None
+    finally:
+        daemon.stop()
+    assert tracebacks(daemon.log()) == []
+    daemon.start()  # a new database at the path: nothing that was answered 201 after the delete is missing
+    try:
+        assert request(daemon.url, "GET", "/health").json["status"] == "ok"
+        assert peek(daemon.url, "bob")["pending"] == 0
+    finally:
+        daemon.stop()
+
+    # Idle: the checkpoint timer notices it without a request.
+    daemon.start()
+    try:
+        daemon.db_path.unlink()
+        deadline = time.monotonic() + 10
+        while request(daemon.url, "GET", "/health").json["status"] == "ok" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _health_says(daemon, request(daemon.url, "GET", "/health").json["problem"])
+    finally:
+        daemon.stop()
+
+
+def test_a_replaced_database_answers_503(mailbox_home: Path, tmp_path: Path) -> None:
+    daemon = logged_daemon(mailbox_home)
+    try:
+        assert send(daemon.url, "alice", "bob", "before").status == 201
+        other = tmp_path / "other.db"
+        Store(other).close()
+        os.replace(other, daemon.db_path)  # another file at the path (a restore, a copy from elsewhere)
+        reason = _unavailable(send(daemon.url, "alice", "bob", "after"), "replaced by another file")
+        _health_says(daemon, reason)
+    finally:
+        daemon.stop()
+
+
+def test_a_start_on_a_full_disk_writes_daemon_url_or_fails_with_one_line(tmp_path: Path) -> None:
+    """The data dir on a full disk (the database elsewhere): a daemon that listened but wrote no
+    daemon.url would be one the hooks and the CLI cannot find (issue 20.8). It stops, saying why."""
+    with small_filesystem(tmp_path / "small") as home:
+        db = tmp_path / "db" / "mailbox.db"
+        first = Daemon(home, args=("--db-path", str(db))).start()  # writes the token while there is room
+        first.stop()
+        assert not (home / "daemon.url").exists()  # a clean stop removes it
+        filler = _fill(home)
+        daemon = Daemon(home, args=("--db-path", str(db)))
+        process = daemon.spawn()
+        try:
+            out, err = process.communicate(timeout=60)
+        finally:
+            daemon.stop()  # one that runs on without daemon.url must not outlive the test
+        assert process.returncode == 1, (out, err)
+        assert err.strip() == (
+            f"claude-mailbox: cannot write {home / 'daemon.url'} (No space left on device), where the hooks and "
+            "the CLI find this daemon's address; free some space (or make the data dir writable), then start "
+            "the daemon again"
+        ), err
+        assert not (home / "daemon.url").exists()
+        filler.unlink()
+        with Daemon(home, args=("--db-path", str(db))) as again:  # room again: it starts and says where
+            assert (home / "daemon.url").read_text() == again.url
+
+
 @pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="setting another process's limits needs Linux prlimit")
 def test_file_size_limit_during_send(mailbox_home: Path) -> None:
     """RLIMIT_FSIZE on the running daemon (its soft limit, so it can be raised back): a write past it

@@ -151,7 +151,7 @@ def test_a_moved_mailbox_reads_on_postgresql_as_it_did_on_sqlite(tmp_path: Path,
     # The note does not stop the file from serving again on SQLite (a user who goes back).
     back = Daemon(home, log_path=home / "daemon-back.log").start()
     try:
-        assert back.client().health()["dbPath"] == str(home / "mailbox.db")
+        assert back.client().health(detailed=True)["dbPath"] == str(home / "mailbox.db")
         assert back.client().peek("dave")["pending"] == 0
     finally:
         back.stop()

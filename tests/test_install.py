@@ -63,6 +63,8 @@ def test_the_readme_install_command_works_with_the_distributions_python3(tmp_pat
             except MailboxError:
                 time.sleep(0.25)
         assert health is not None, f"exit {process.poll()}: {process.communicate()[0] if process.poll() else ''}"
+        client.token = (data / "token").read_text().strip()  # the database and port need it (issue 20.8)
+        health = client.health(detailed=True)
         assert health["version"] == __version__ and health["port"] == port, health
         assert (data / "venv" / "bin" / "claude-mailbox").exists()
         assert Path(str(health["dbPath"])).parent == data

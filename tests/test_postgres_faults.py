@@ -177,7 +177,7 @@ def test_a_password_in_the_url_query_shows_nowhere(tmp_path: Path, pg_server: Pg
     try:
         daemon.client().send("alice", "bob", "through a URL with a password")
         public = request(daemon.url, "GET", "/health", auth=False)
-        assert public.status == 200 and public.json["database"] == "PostgreSQL"
+        assert public.status == 200 and set(public.json) == {"status", "version"}  # no URL at all (20.8)
         assert "postgresql://" not in public.body.decode() and secret not in public.body.decode()
         trusted = request(daemon.url, "GET", "/health", headers={"Authorization": f"Bearer {token_of(home)}"})
         assert trusted.json["database"] == shown

@@ -123,7 +123,7 @@ def test_the_doctors_detached_start_listens_on_the_resolved_address(
     check = checkup.check_autostart()
 
     assert check.status == "fixed", check
-    health = probe_health(right, timeout=2.0)
+    health = probe_health(right, timeout=2.0, detailed=True)
     assert health is not None and health["port"] == int(right.rsplit(":", 1)[1])
     assert f"healthy at {right} (address from {source})" in check.summary
     # status (in-process, same sources) agrees with where the doctor started it

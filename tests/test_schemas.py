@@ -81,6 +81,33 @@ def test_request_bodies_are_closed_and_agree_with_the_handlers_checks(app: InPro
     assert reply.json["error"]["message"] == f"maxChars must be between {low:g} and {high:g}"
 
 
+@pytest.mark.parametrize("route", ["check-inbox", "watch"])
+def test_routes_that_read_no_body_refuse_one_and_consume_nothing(app: InProcessDaemon, route: str) -> None:
+    """check-inbox and watch read no body: a field, or anything but an empty object, is refused in the
+    one error shape before mail is taken (issue 20.6), as the document says."""
+    owner = {"X-Mailbox": "nb-bob"}
+    path = f"/v1/{route}?name=nb-bob" + ("&timeout=0" if route == "watch" else "")
+    send(app.url, "nb-alice", "nb-bob", "kept")
+    for body, words in [
+        (b'{"zzz": 1}', "unknown field(s): zzz"),
+        (b'{"name": "nb-bob"}', "unknown field(s): name"),
+        (b"[]", "request body must be a JSON object"),
+        (b'"x"', "request body must be a JSON object"),
+        (b"{", "request body is not valid JSON"),
+    ]:
+        reply = request(app.url, "POST", path, body=body, headers={**owner, "Content-Type": "application/json"})
+        assert reply.status == 400 and reply.error() == {"code": "invalid_input", "message": words}, (body, reply.body)
+    assert request(app.url, "GET", "/v1/peek?name=nb-bob").json["pending"] == 1
+    for empty in (None, b"{}"):  # no body, or an empty object: read as before
+        headers = owner if empty is None else {**owner, "Content-Type": "application/json"}
+        reply = request(app.url, "POST", path, body=empty, headers=headers)
+        assert reply.status == 200, reply.body
+    document = request(app.url, "GET", "/openapi.json").json
+    body_doc = document["paths"][f"/v1/{route}"]["post"]["requestBody"]
+    assert body_doc["required"] is False
+    assert document["components"]["schemas"]["NoBody"]["additionalProperties"] is False
+
+
 def test_a_malformed_x_mailbox_is_refused_even_with_from(app: InProcessDaemon) -> None:
     reply = request(
         app.url, "POST", "/v1/send", json_body={"from": "a", "to": "b", "body": "x"}, headers={"X-Mailbox": ""}

@@ -54,7 +54,7 @@ def wait_healthy(url: str, process: subprocess.Popen[str], timeout: float = 30.0
             out, err = process.communicate()
             raise AssertionError(f"serve exited with {process.returncode}: {out}{err}")
         try:
-            return MailboxClient(url, timeout=1.0).health()
+            return MailboxClient(url, timeout=1.0).health(detailed=True)
         except MailboxError:
             time.sleep(0.05)
     raise AssertionError(f"nothing answered on {url}")
@@ -264,7 +264,8 @@ def test_claude_mailbox_home_moves_the_data_dir(tmp_path: Path, spawned: list[su
     process = serve_process(home, "--port", str(port))
     spawned.append(process)
     url = f"http://127.0.0.1:{port}"
-    health = wait_healthy(url, process)
+    wait_healthy(url, process)
+    health = MailboxClient(url, token=(home / "token").read_text().strip()).health(detailed=True)
     assert Path(str(health["dbPath"])) == Path(str(health["database"])) == home / "mailbox.db"
     assert (home / "mailbox.db").is_file()
     assert (home / "daemon.url").read_text() == url
@@ -275,7 +276,7 @@ def test_db_path_flag(mailbox_home: Path, tmp_path: Path) -> None:
     db = tmp_path / "custom" / "dir" / "my.db"
     running = start_daemon(mailbox_home, "--db-path", str(db))
     try:
-        assert Path(running.client().health()["dbPath"]) == db
+        assert Path(running.client().health(detailed=True)["dbPath"]) == db
         assert send(running.url, "a", "b", "into my.db").status == 201
     finally:
         running.stop()
@@ -295,7 +296,7 @@ def test_config_flag(mailbox_home: Path, tmp_path: Path) -> None:
     (mailbox_home / "config.toml").write_text("max_body_bytes = 20\n", encoding="utf-8")  # not read
     running = start_daemon(mailbox_home, "--config", str(config))
     try:
-        assert Path(running.client().health()["dbPath"]) == db
+        assert Path(running.client().health(detailed=True)["dbPath"]) == db
         assert send(running.url, "a", "b", "x" * 10).status == 201
         assert send(running.url, "a", "b", "x" * 11).status == 413
     finally:
@@ -426,7 +427,8 @@ def test_a_connection_made_while_the_daemon_loads_waits_and_is_answered(mailbox_
                 answer += chunk
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), answer
-        assert json.loads(body)["port"] == port
+        assert json.loads(body)["status"] == "ok"
+        assert MailboxClient(f"http://127.0.0.1:{port}").health(detailed=True)["port"] == port
     finally:
         stop(process)
 
@@ -438,7 +440,7 @@ def test_port_zero_reports_the_bound_port(mailbox_home: Path) -> None:
         url = line.split(" listening on ", 1)[1].split()[0]
         port = int(url.rsplit(":", 1)[1])
         assert port != 0
-        health = MailboxClient(url, timeout=5).health()
+        health = MailboxClient(url, timeout=5).health(detailed=True)
         assert health["port"] == port, health
         assert (mailbox_home / "daemon.url").read_text() == url
     finally:

@@ -140,6 +140,44 @@ def test_mail_already_pending_wakes_at_once(daemon: Daemon, session: Session) ->
     assert_wakes_with(start_stop_hook(daemon, session), ("alice", "one"), ("bob", "two"))
 
 
+def test_a_long_message_ahead_does_not_hold_the_wake_up(daemon: Daemon, session: Session) -> None:
+    """A 20,000-character body (under max_body_bytes, over the hook's budget) at the head of the inbox
+    (issue 20.4): the waiter wakes at once with the short message behind it and says the long one waits
+    and how to read it; the long one stays unread, and it does not wake the next waiter again."""
+    collaborate(daemon, session, "on")
+    long_body = "x" * 20_000
+    daemon.client().send("alice", session.name, long_body)
+    daemon.client().send("bob", session.name, "short")
+    started = time.monotonic()
+    code, out, err = finish(start_stop_hook(daemon, session))
+    assert (code, out) == (2, ""), err
+    assert time.monotonic() - started < 5.0
+    header, short, note = err.splitlines()
+    assert header == "claude-mailbox: mail arrived while this session was idle (bodies are JSON-quoted):"
+    assert " from bob at " in short and json.loads(short.partition(": ")[2]) == "short"
+    assert note == (
+        "1 longer message waits, too long to show here: read it with the "
+        "mcp__plugin_claude-mailbox_mailbox__check_inbox tool."
+    )
+    assert daemon.client().peek(session.name)["pending"] == 1  # the long one, for check_inbox
+
+    # Told once: the next turn's waiter waits (for new mail), it does not wake again for the same one.
+    waiter = start_stop_hook(daemon, session)
+    wait_waiters(daemon, 1)
+    time.sleep(0.5)
+    assert waiter.poll() is None
+    # A new long message alone wakes it, to be told of.
+    daemon.client().send("carol", session.name, "y" * 20_000)
+    code, out, err = finish(waiter)
+    assert (code, out) == (2, ""), err
+    assert err.splitlines()[1:] == [
+        "2 longer messages wait, too long to show here: read them with the "
+        "mcp__plugin_claude-mailbox_mailbox__check_inbox tool."
+    ]
+    read = daemon.client().check(session.name)  # what check_inbox does: both, in full
+    assert [m["body"] for m in read["messages"]] == [long_body, "y" * 20_000]
+
+
 def test_collaboration_follows_a_clear(daemon: Daemon, session: Session) -> None:
     collaborate(daemon, session, "on")
     waiter = start_stop_hook(daemon, session)

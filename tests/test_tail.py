@@ -60,7 +60,7 @@ def tails(daemon: Daemon) -> Iterator[list[Tail]]:
 def wait_for_feed_waiter(daemon: Daemon, count: int = 1) -> None:
     """tail is following once its long-poll waits in the daemon (/health counts waiters)."""
     deadline = time.monotonic() + 15
-    while daemon.client().health()["waiters"] < count:
+    while daemon.client().health(detailed=True)["waiters"] < count:
         assert time.monotonic() < deadline, "tail never started its long-poll"
         time.sleep(0.02)
 

@@ -73,7 +73,7 @@ def login_link(daemon: Daemon) -> str:
 def feed_waiters(daemon: Daemon, count: int = 1) -> None:
     """The page is live once its feed long-poll waits in the daemon (/health counts waiters)."""
     deadline = time.monotonic() + 15
-    while daemon.client().health()["waiters"] < count:
+    while daemon.client().health(detailed=True)["waiters"] < count:
         assert time.monotonic() < deadline, "the page never started its long-poll"
         time.sleep(0.02)
 

@@ -73,6 +73,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         db_path=Path(args.db_path).expanduser() if args.db_path else None,
         database_url=args.database_url,
     )
+    # Every file the daemon writes is this user's alone, wherever db_path points (issue 20.2): SQLite
+    # creates the database, -wal and -shm files under the umask; the ones it finds are tightened.
+    os.umask(0o077)
+    from claude_mailbox import fsutil
+
+    for private in (paths.log_file(), paths.pid_file(), paths.url_file()):
+        fsutil.make_private(private)
     if settings.auth == "token":  # before listening: a client that connects must find the token file
         from claude_mailbox import auth
 

@@ -15,6 +15,9 @@ from claude_mailbox.errors import DaemonError, DaemonUnreachable, MailboxError
 from claude_mailbox.httpclient import Response, http_request
 from claude_mailbox.paths import DEFAULT_URL
 
+# /health's `status`: the daemon runs ("database_unavailable": its database file went away under it).
+HEALTH_STATES = ("ok", "database_unavailable")
+
 
 class MailboxClient:
     """Typed calls over the REST surface; errors arrive as MailboxError subclasses."""
@@ -55,18 +58,19 @@ class MailboxClient:
     def _auth(self, path: str) -> dict[str, str]:
         if path == "/health":  # open: probes need no token
             return {}
+        return self._token_header()
+
+    def _token_header(self) -> dict[str, str]:
         token = self.token
         if token is None:  # not cached while missing: a daemon starting now writes it
             token = self.token = auth.read_token()
         return {"Authorization": f"{auth.SCHEME} {token}"} if token else {}
 
-    def health(self, with_token: bool = False) -> dict[str, Any]:
-        """`with_token`: also send the token (only to a daemon already proven ours: then /health names
-        a PostgreSQL database's redacted URL, which it shows nobody without the token)."""
-        token = (self.token or auth.read_token()) if with_token else None
-        headers = {"Authorization": f"{auth.SCHEME} {token}"} if token else None
-        data = self.call("GET", "/health", headers=headers)
-        if not isinstance(data, dict) or data.get("status") != "ok":
+    def health(self, *, detailed: bool = False) -> dict[str, Any]:
+        """Without the token /health says only `status` and `version`; `detailed` sends it, for the
+        database, port, auth mode and limits (status, the doctor, import-sqlite)."""
+        data = self.call("GET", "/health", headers=self._token_header() if detailed else None)
+        if not isinstance(data, dict) or data.get("status") not in HEALTH_STATES:
             raise DaemonUnreachable(f"{self.url} answered, but not as a claude-mailbox daemon")
         return data
 
@@ -118,11 +122,11 @@ class MailboxClient:
         return bool(self.call("POST", "/v1/forget", payload={"name": name}, mailbox=name)["forgotten"])
 
 
-def probe_health(url: str, timeout: float = 0.5) -> dict[str, Any] | None:
+def probe_health(url: str, timeout: float = 0.5, *, detailed: bool = False) -> dict[str, Any] | None:
     """The one health probe: the daemon's /health answer, or None when no claude-mailbox daemon
-    answers at `url` (down, another program, a malformed URL)."""
+    answers at `url` (down, another program, a malformed URL). `detailed`: see MailboxClient.health."""
     try:
-        return MailboxClient(url, timeout=timeout).health()
+        return MailboxClient(url, timeout=timeout).health(detailed=detailed)
     except MailboxError:
         return None
 

@@ -36,6 +36,27 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None) -> N
         raise
 
 
+PRIVATE = 0o600  # every file the daemon writes: mail, token, logs, pid and url files (issue 20.2)
+
+
+def make_private(path: Path | str) -> None:
+    """Tighten an existing file of this user's to 0600 (one an older version, or a wide umask, left
+    readable by others); a missing file or someone else's is left alone."""
+    if os.name != "posix":
+        return
+    with contextlib.suppress(OSError):
+        status = os.stat(path)
+        if status.st_mode & 0o077 and status.st_uid == os.getuid():
+            os.chmod(path, PRIVATE)
+
+
+def open_private(path: Path | str, flags: int) -> int:
+    """os.open that creates the file 0600 (and tightens one that exists), whatever the umask."""
+    fd = os.open(path, flags | os.O_CREAT | getattr(os, "O_BINARY", 0), PRIVATE)
+    make_private(path)
+    return fd
+
+
 def write_if_changed(path: Path, data: bytes) -> bool:
     """atomic_write unless the file already holds exactly `data`; True when it wrote."""
     with contextlib.suppress(OSError):

@@ -180,8 +180,14 @@ def mail_budget() -> int:
     return CONTEXT_CAP - 600
 
 
-def wake_text(messages: list[Message]) -> str:
-    """What a Stop-hook waiter shows Claude when mail wakes the session (its stderr)."""
+def wake_text(messages: list[Message], oversized: int = 0) -> str:
+    """What a Stop-hook waiter shows Claude when mail wakes the session (its stderr). `oversized`:
+    messages too long to show here, which wait for the check_inbox tool."""
     lines = ["claude-mailbox: mail arrived while this session was idle (bodies are JSON-quoted):"]
     lines.extend(render_message(message) for message in messages)
+    if oversized:
+        wait = "1 longer message waits" if oversized == 1 else f"{oversized} longer messages wait"
+        lines.append(
+            f"{wait}, too long to show here: read {'it' if oversized == 1 else 'them'} with the {CHECK_TOOL} tool."
+        )
     return "\n".join(lines)

@@ -116,6 +116,7 @@ class Lease:
     messages: list[Message]
     remaining: int  # pending and not under a live lease after this call (left for the next read)
     oversized: int = 0  # of those, skipped because each alone exceeds the budget (skip_oversized)
+    newest_oversized: int = 0  # the largest id among those (the Stop hook tells of each one once)
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,8 @@ class _Builder:
         if op.body is dict:
             result["requestBody"] = {"required": True, "content": _content({"type": "object"})}
         elif op.body is not None:
-            result["requestBody"] = {"required": True, "content": _content(self.ref(op.body, closed=True))}
+            content = _content(self.ref(op.body, closed=True))
+            result["requestBody"] = {"required": op.body is not schemas.NoBody, "content": content}
         answer: dict[str, Any] = {"description": "OK" if op.status < 400 else REASONS[op.status]}
         if isinstance(op.answer, (str, tuple)):
             types = op.answer if isinstance(op.answer, tuple) else (op.answer,)

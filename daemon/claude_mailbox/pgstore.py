@@ -256,6 +256,7 @@ class PgStore:
         self.host = host
         self.description = redact_url(url)
         self.shared = True
+        self.lost: str | None = None  # a server that goes away comes back (reconnect): never lost for good
         self._pool = pool
         self._origin = origin  # this daemon's application_name: its own notifications are skipped
         self._listener: asyncio.Task[None] | None = None
@@ -586,16 +587,17 @@ class PgStore:
                 limit,
                 max_bytes,
             )
-            oversized = 0
+            oversized = newest_oversized = 0
             if fits:
-                oversized = int(
-                    await conn.fetchval(f"SELECT count(*) {free} AND {cost_sql} > $3::bigint", name, at, budget)
+                found = await conn.fetchrow(
+                    f"SELECT count(*), coalesce(max(m.id), 0) {free} AND {cost_sql} > $3::bigint", name, at, budget
                 )
+                oversized, newest_oversized = int(found[0]), int(found[1])
         remaining = int(pending) - int(leased) - len(rows)
         if not rows:
-            return Lease(None, name, None, [], max(0, remaining), oversized)
+            return Lease(None, name, None, [], max(0, remaining), oversized, newest_oversized)
         messages = sorted((rowmap.leased(row, name) for row in rows), key=lambda message: message.id)
-        return Lease(lease_id, name, expires_at, messages, max(0, remaining), oversized)
+        return Lease(lease_id, name, expires_at, messages, max(0, remaining), oversized, newest_oversized)
 
     async def ack(self, name: str, lease_id: str) -> int:
         """One statement: the lease row goes only if it is this mailbox's and still live (a second ack

@@ -11,14 +11,14 @@ from typing import Any
 
 from aiohttp import web
 
-from claude_mailbox import __version__, hookapi, identity, schemas
+from claude_mailbox import __version__, auth, hookapi, identity, schemas
 from claude_mailbox.errors import InvalidInput, NotFound
 from claude_mailbox.model import FeedFilter
 from claude_mailbox.schemas import mailbox_json
 from claude_mailbox.service import Caller, Delivery, MailboxService
 
 SERVICE = web.AppKey("service", MailboxService)
-TRUSTED = web.RequestKey("trusted", bool)  # the request carries the token (or auth = "none"): server.authenticate
+TOKEN = web.AppKey("token", tuple)  # (the token, its file), or () with auth = "none"
 
 
 def caller_from_headers(headers: Any) -> Caller:
@@ -79,10 +79,24 @@ def _connected(request: web.Request) -> Callable[[], bool]:
 # --- routes ------------------------------------------------------------------------------------
 
 
+def has_token(request: web.Request) -> bool:
+    """Does the request carry this daemon's token (always, with auth = "none")?"""
+    token = request.app[TOKEN]
+    return not token or auth.matches(request.headers.get("Authorization"), token[0])
+
+
 async def health(request: web.Request) -> web.Response:
-    """Public (probes need no token), so without the token it names no database URL."""
+    """Open to any local process, so without the token it says only whether the daemon runs and its
+    version (issue 20.8): the database's path or URL, the port and the limits need the token. The one
+    place that decides what /health shows."""
     service = request.app[SERVICE]
-    return web.json_response({"status": "ok", "version": __version__, **service.info(request.get(TRUSTED, False))})
+    lost = service.lost()
+    answer: dict[str, Any] = {"status": "database_unavailable" if lost else "ok", "version": __version__}
+    if has_token(request):
+        answer.update(service.info())
+        if lost:
+            answer["problem"] = lost
+    return web.json_response(answer)
 
 
 async def send(request: web.Request) -> web.Response:
@@ -121,7 +135,7 @@ async def check_inbox(request: web.Request) -> web.StreamResponse:
     query = _query(request, schemas.CheckInboxQuery)
     name = query["name"]
     service.require_owner(name, request.headers.get("X-Mailbox"))
-    await _json_object(request)
+    await _json_object(request, schemas.NoBody)
     budget = int(_number(query, schemas.CheckInboxQuery, "maxChars", 0)) or None
     manual = _manual_ack(query)
     async with service.delivering(manual=manual) as delivery:
@@ -157,6 +171,7 @@ async def watch(request: web.Request) -> web.StreamResponse:
     name = query["name"]
     service.require_owner(name, request.headers.get("X-Mailbox"))
     timeout = _number(query, schemas.WatchQuery, "timeout", 25.0)
+    await _json_object(request, schemas.NoBody)
     manual = _manual_ack(query)
     async with service.delivering(manual=manual) as delivery:
         result = await service.watch(name, timeout, still_connected=_connected(request))

@@ -133,6 +133,10 @@ class PruneRequest(TypedDict):
     dryRun: NotRequired[Annotated[bool, Json("Count only.")]]
 
 
+class NoBody(TypedDict):  # issue 20.6: `{"zzz": 1}` consumed mail before
+    """No body, or an empty object: any field is refused before mail is taken."""
+
+
 class HookInput(TypedDict):
     session_id: Annotated[str, Json(minLength=1, maxLength=200, pattern=r"\S")]
     hook_event_name: NotRequired[str]
@@ -276,14 +280,16 @@ def feed_json(message: Any) -> FeedMessage:
 
 
 class Health(TypedDict):
-    status: Literal["ok"]
+    """Without the token only `status` and `version`; the rest needs it."""
+
+    status: Annotated[
+        Literal["ok", "database_unavailable"],
+        Json("database_unavailable: the database file was deleted or replaced; restart the daemon."),
+    ]
     version: str
-    database: Annotated[
-        str,
-        Json(
-            "Where the mail is: the SQLite file; on PostgreSQL `PostgreSQL`, and to a caller with the token"
-            " the URL without its credentials."
-        ),
+    problem: NotRequired[Annotated[str, Json("Why the database is unavailable (with the token).")]]
+    database: NotRequired[
+        Annotated[str, Json("Where the mail is: the SQLite file, or the PostgreSQL URL without password.")]
     ]
     dbPath: NotRequired[Annotated[str, Json("The SQLite file (absent when the mail is in PostgreSQL).")]]
     port: NotRequired[int]

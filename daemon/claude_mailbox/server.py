@@ -44,7 +44,7 @@ from claude_mailbox.locate import LOOPBACK_NAMES
 from claude_mailbox.service import LEASE_SWEEP_SECONDS, MailboxService
 
 CONFIG = web.AppKey("config", Config)
-TOKEN = web.AppKey("token", tuple)  # (the token, its file), or () with auth = "none"
+TOKEN = rest.TOKEN  # (the token, its file), or () with auth = "none"
 INTEGRITY = web.AppKey("integrity", IntegrityMonitor)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -159,9 +159,7 @@ def authenticate(request: web.Request, public: bool) -> None:
     permissions, the token file has. Unknown paths answer 401 too, so nothing is learnt without
     the token."""
     token = request.app[TOKEN]
-    trusted = not token or auth.matches(request.headers.get("Authorization"), token[0])
-    request[rest.TRUSTED] = trusted  # a public route may say more to a caller with the token (/health)
-    if not public and not trusted:
+    if not public and not rest.has_token(request):
         how = (
             f'send "Authorization: Bearer <token>" with the token in {token[1]} '
             f'(curl -H "Authorization: Bearer $(cat {token[1]})"; clients read it or $CLAUDE_MAILBOX_TOKEN)'
@@ -354,10 +352,19 @@ def _without_client_garbage(record: logging.LogRecord) -> bool:
 
 
 def _write_url_file(url: str) -> Path:
-    """Hooks read the running daemon's address from here instead of parsing config.toml (faster)."""
+    """Hooks read the running daemon's address from here instead of parsing config.toml (faster).
+    A daemon they cannot find must not run on (issue 20.8): when it cannot be written (a full disk),
+    the start fails with one line. A file that already says this address (left by a killed daemon)
+    needs no write."""
     target = paths.url_file()
-    with contextlib.suppress(OSError):
-        fsutil.atomic_write(target, url)
+    try:
+        fsutil.write_if_changed(target, url.encode("utf-8"))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise MailboxError(
+            f"cannot write {target} ({reason}), where the hooks and the CLI find this daemon's address; "
+            "free some space (or make the data dir writable), then start the daemon again"
+        ) from None
     return target
 
 

@@ -159,6 +159,8 @@ class MailboxService:
         # id -> set once settled. Reads of that mailbox wait for them (see _settle_later).
         self._settling: dict[str, dict[str, asyncio.Event]] = {}
         self._background: set[asyncio.Task[None]] = set()  # kept referenced until done
+        # Mailbox -> the newest message too long for a Stop-hook wake-up that one has told of.
+        self._told_oversized: dict[str, int] = {}
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -426,17 +428,25 @@ class MailboxService:
             self.waiters.unregister(waiter)
 
     async def _wait(
-        self, waiter: Waiter, deadline: float, still_connected: Callable[[], bool], budget: int | None
+        self,
+        waiter: Waiter,
+        deadline: float,
+        still_connected: Callable[[], bool],
+        budget: int | None,
+        told_oversized: int | None = None,
     ) -> WatchResult:
-        """One long-poll on a registered waiter, until `deadline` (monotonic)."""
+        """One long-poll on a registered waiter, until `deadline` (monotonic). `told_oversized` (the
+        Stop hook): mail over `budget` is stepped over, and a message over it with a larger id than
+        this wakes the waiter too, to be told of (a long message must not hold back the wake-up)."""
         name = waiter.mailbox
+        skip = told_oversized is not None
         while True:
             target = await self.store.alias_target(name)
             if target:
                 return WatchResult("renamed", [], target)
             if still_connected():
-                lease = await self.take(name, budget, cost="rendered" if budget else "chars")
-                if lease.messages:
+                lease = await self.take(name, budget, cost="rendered" if budget else "chars", skip_oversized=skip)
+                if lease.messages or lease.newest_oversized > (told_oversized or 0):
                     return WatchResult("mail", lease.messages, lease=lease)
             wake = await _next_wake(waiter, deadline, still_connected)
             if wake is None:
@@ -541,8 +551,12 @@ class MailboxService:
         try:
             while True:
                 deadline = time.monotonic() + STOP_RECHECK_SECONDS
-                result = await self._wait(waiter, deadline, deliverable, budget)
+                told = self._told_oversized.get(session.mailbox, 0)
+                result = await self._wait(waiter, deadline, deliverable, budget, told)
                 if result.event == "mail":
+                    # Mail too long for the wake-up is told of once; it waits for check_inbox.
+                    newest = result.lease.newest_oversized if result.lease else 0
+                    self._told_oversized[session.mailbox] = max(told, newest)
                     return result
                 if result.event == "shutdown":
                     raise ShuttingDown("the daemon is shutting down; reconnect to the next one")
@@ -615,12 +629,15 @@ class MailboxService:
         if header_name != name:
             raise IdentityMismatch(f"X-Mailbox {header_name!r} may not {doing} {name!r}")
 
-    def info(self, trusted: bool = True) -> dict[str, Any]:
-        """What /health says. Untrusted (no token): a PostgreSQL database is named by its kind only."""
+    def lost(self) -> str | None:
+        """Why the database is gone until a restart (its file was deleted or replaced), else None."""
+        store = self._store
+        return store.lost if store is not None else None
+
+    def info(self) -> dict[str, Any]:
         on_file = {} if self.config.database_url else {"dbPath": str(self.config.database)}
-        database = self.config.database_label if trusted or not self.config.database_url else "PostgreSQL"
         return {
-            "database": database,  # the file, or the PostgreSQL URL without its credentials
+            "database": self.config.database_label,  # the file, or the PostgreSQL URL without its credentials
             **on_file,
             "port": self.config.port,
             "waiters": self.waiters.total(),

@@ -25,7 +25,7 @@ from typing import Any
 
 import apsw
 
-from claude_mailbox import rowmap
+from claude_mailbox import fsutil, rowmap
 from claude_mailbox.errors import (
     InvalidInput,
     LeaseNotFound,
@@ -295,6 +295,25 @@ def quick_check(path: Path, limit: int = 3) -> str | None:
     return "; ".join(" ".join(problem.split()) for problem in problems)
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at `path`; None when there is none."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _make_private(path: Path) -> None:
+    """Mail is this user's alone, wherever db_path points (issue 20.2): create the database file 0600
+    before SQLite opens it (SQLite gives -wal and -shm the database file's mode), and tighten the
+    three files an older version left readable."""
+    with contextlib.suppress(OSError):  # a directory that refuses it fails the open with its reason
+        os.close(fsutil.open_private(path, os.O_RDWR))
+    for name in (f"{path}-wal", f"{path}-shm"):
+        fsutil.make_private(name)
+
+
 class WriteGroup:
     """Group commit for dbthread.DbThread: several sends in one transaction, each in a savepoint
     (Store._write), committed once. Nothing is answered before the COMMIT has succeeded."""
@@ -304,6 +323,7 @@ class WriteGroup:
 
     def begin(self) -> None:
         store = self.store
+        store._refuse_if_lost()
         with _translated_errors(store.path, store.db):
             store.db.execute("BEGIN IMMEDIATE")
         store._grouped = True
@@ -319,6 +339,7 @@ class WriteGroup:
             except BaseException:
                 store._rollback()
                 raise
+        store.check_file()
 
     def intact(self) -> bool:
         return self.store._grouped
@@ -331,6 +352,7 @@ class Store:
         self.path = path
         with _translated_errors(path):
             path.parent.mkdir(parents=True, exist_ok=True)
+            _make_private(path)
             self.db = apsw.Connection(str(path))
             self.db.set_busy_timeout(busy_timeout_ms)
             # Fail here, with the file's name, if it is not a database or is damaged (before any write,
@@ -347,6 +369,8 @@ class Store:
             self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
             self.db.execute("PRAGMA foreign_keys=ON")
             self._grouped = False  # inside a WriteGroup's shared transaction (group commit)
+            self._file = _file_id(path)  # the file this connection holds (see check_file)
+            self.lost: str | None = None  # why the database is unavailable, once its file is gone
             self._migrate()
         self.group = WriteGroup(self)
 
@@ -376,6 +400,7 @@ class Store:
                         self._rollback()
                     raise
             return
+        self._refuse_if_lost()
         with _translated_errors(self.path, self.db):
             self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -384,6 +409,24 @@ class Store:
             except BaseException:
                 self._rollback()
                 raise
+        self.check_file()
+
+    def check_file(self) -> None:
+        """After a commit: is the file at the path still the one this connection writes? A database
+        deleted or replaced under the daemon takes commits into an unlinked file that a restart
+        never sees (issue 20.5), so the write is not answered as stored, nor is anything after it.
+        One stat per commit (a group's sends share it)."""
+        if self.lost is None and _file_id(self.path) != self._file:
+            state = "deleted" if not os.path.lexists(self.path) else "replaced by another file"
+            self.lost = (
+                f"the database {self.path} was {state} while the daemon ran; nothing is saved until the "
+                "daemon restarts (claude-mailbox stop, then start) and opens the file at that path"
+            )
+        self._refuse_if_lost()
+
+    def _refuse_if_lost(self) -> None:
+        if self.lost is not None:
+            raise StoreUnavailable(self.lost)
 
     def _rollback(self) -> None:
         """After a failed statement or COMMIT (disk full, I/O error) the transaction may still be open,
@@ -393,6 +436,7 @@ class Store:
                 self.db.execute("ROLLBACK")
 
     def _read(self, sql: str, bindings: tuple[Any, ...] | dict[str, Any] = ()) -> list[Any]:
+        self._refuse_if_lost()
         with _translated_errors(self.path, self.db):
             return _rows(self.db, sql, bindings)
 
@@ -412,7 +456,9 @@ class Store:
         return int(self._read("PRAGMA user_version")[0][0])
 
     def checkpoint(self) -> None:
-        """Move WAL pages into the database file without blocking writers."""
+        """Move WAL pages into the database file without blocking writers; on this timer an idle
+        daemon also notices that its file was deleted or replaced (/health says so)."""
+        self.check_file()
         with _translated_errors(self.path, self.db):
             self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
@@ -527,14 +573,15 @@ class Store:
                 used += size
                 used_bytes += json_size
                 chosen.append(message_id)
-            oversized = 0
+            oversized = newest_oversized = 0
             if fits:
-                oversized = int(_rows(db, f"SELECT count(*) {free} AND {cost_sql} > :budget", bindings)[0][0])
+                found = _rows(db, f"SELECT count(*), coalesce(max(m.id), 0) {free} AND {cost_sql} > :budget", bindings)
+                oversized, newest_oversized = int(found[0][0]), int(found[0][1])
             live = "SELECT coalesce(sum(count), 0) FROM leases WHERE mailbox = ? AND expires_at > ?"
             leased = int(_rows(db, live, (name, at))[0][0])
             remaining = self._pending_count(db, name) - leased - len(chosen)
             if not chosen:
-                return Lease(None, name, None, [], max(0, remaining), oversized)
+                return Lease(None, name, None, [], max(0, remaining), oversized, newest_oversized)
             lease_id = secrets.token_urlsafe(18)
             expires_at = iso_after(terms.lease_seconds)
             db.execute(
@@ -552,7 +599,7 @@ class Store:
                 (lease_id,),
             ).fetchall()
         messages = [rowmap.leased(row, name) for row in rows]
-        return Lease(lease_id, name, expires_at, messages, max(0, remaining), oversized)
+        return Lease(lease_id, name, expires_at, messages, max(0, remaining), oversized, newest_oversized)
 
     def ack(self, name: str, lease_id: str) -> int:
         """Mark a live lease's messages delivered; returns how many. A lease that is unknown,

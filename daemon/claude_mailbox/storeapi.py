@@ -36,6 +36,10 @@ class MailboxStore(Protocol):
     description: str  # where the mail is, for `info` and the start-up line
     shared: bool  # other daemons use the same database (their waiters hear of changes through it)
 
+    @property
+    def lost(self) -> str | None:
+        """Why the database is gone for good until a restart (its file deleted or replaced), else None."""
+
     async def close(self) -> None: ...
     async def schema_version(self) -> int: ...
     async def checkpoint(self) -> None: ...
@@ -72,6 +76,10 @@ class ThreadedStore:
         self.sync = store
         self.description = str(store.path)
         self.shared = False  # one daemon owns the file
+
+    @property
+    def lost(self) -> str | None:
+        return self.sync.lost  # set on the database thread; a str read is atomic
 
     @classmethod
     async def open(cls, thread: DbThread, factory: Callable[[], Store]) -> ThreadedStore:

@@ -505,7 +505,8 @@ def launch(argv: Sequence[str]) -> None:
         key, _, value = assignment.partition("=")
         os.environ[key] = value
     args.log.parent.mkdir(parents=True, exist_ok=True)
-    log = open(args.log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    fd = fsutil.open_private(args.log, os.O_WRONLY | os.O_APPEND)
+    log = open(fd, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     sys.stdout = sys.stderr = log  # pythonw starts with None here

@@ -53,7 +53,7 @@ def start_detached(python: Path, extra_args: Sequence[str] = ()) -> int:
     if "PYTHONPATH" in extra and os.environ.get("PYTHONPATH"):
         env["PYTHONPATH"] = extra["PYTHONPATH"] + os.pathsep + os.environ["PYTHONPATH"]
     args = [str(python), *SERVE, *extra_args]
-    with open(log, "ab") as out:
+    with os.fdopen(fsutil.open_private(log, os.O_WRONLY | os.O_APPEND), "ab") as out:
         if sys.platform == "win32":
             flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP
             try:  # CREATE_BREAKAWAY_FROM_JOB: outlive the hook's job object, unless the job forbids it
@@ -161,8 +161,10 @@ def _wait_exited(process: psutil.Process, timeout: float) -> bool:
 
 
 def append_to_log(line: str) -> None:
-    with suppress(OSError), open(paths.log_file(), "a", encoding="utf-8") as log:
-        log.write(line + "\n")
+    with suppress(OSError):
+        fd = fsutil.open_private(paths.log_file(), os.O_WRONLY | os.O_APPEND)
+        with os.fdopen(fd, "a", encoding="utf-8") as log:
+            log.write(line + "\n")
 
 
 def write_pid_file(pid: int) -> None:

@@ -290,7 +290,7 @@ class Doctor:
         python = self.daemon_python()
         mechanism = autostart.installed_mechanism()
         detached_only = mechanism is None and _no_service_manager()
-        health = probe_health(url, timeout=2.0)
+        health = probe_health(url, timeout=2.0, detailed=True)  # the token: its dbPath (_foreign_database)
         running = str(health.get("version")) if health else None
         from claude_mailbox import portholder
 
@@ -354,7 +354,7 @@ class Doctor:
         from claude_mailbox.setup import status
 
         note = status.mcp_note(url, source)
-        auth = "auth: " + status.auth_line(status.auth_info(probe_health(url, timeout=2.0)))
+        auth = "auth: " + status.auth_line(status.auth_info(probe_health(url, timeout=2.0, detailed=True)))
         summary = f"{how}; daemon {version} healthy at {url} (address from {source}); {auth}"
         return summary + (f"; {note}" if note else "")
 
@@ -576,6 +576,8 @@ def _installed_location() -> str | None:
 
 def _foreign_database(health: dict[str, Any] | None) -> str | None:
     """The database of a daemon that answers on our port but belongs to another data dir."""
+    if health and "database" not in health:  # /health without details: it refused this data dir's token
+        return "another data dir's database (it does not take this data dir's token)"
     if not health or not health.get("dbPath"):
         return None
     from claude_mailbox import config

@@ -190,7 +190,7 @@ def _refuse_if_done(marker: ImportMarker | None, path: Path, label: str) -> None
 
 def _refuse_if_served(path: Path, daemon_url: str) -> None:
     """A daemon on this file would keep taking mail that the copy does not carry."""
-    health = probe_health(daemon_url, timeout=2.0)
+    health = probe_health(daemon_url, timeout=2.0, detailed=True)  # dbPath needs the token
     served = health.get("dbPath") if health else None
     if not served:
         return

@@ -29,15 +29,12 @@ def gather(flag: str | None = None, session_id: str | None = None) -> dict[str, 
     client = MailboxClient(url, timeout=2.0)
     data: dict[str, Any] = {"state": "Stopped", "url": client.url, "urlSource": source}
     try:
-        health: dict[str, Any] | None = client.health()
+        health: dict[str, Any] | None = client.health(detailed=True)
     except DaemonUnreachable as exc:
         health = None
         data["error"] = exc.message
         if isinstance(exc, TlsFailed):
             data["state"] = "Untrusted"
-    if health is not None and health.get("database") == "PostgreSQL" and "dbPath" not in health:
-        with contextlib.suppress(MailboxError):  # it answered as ours: the token shows the (redacted) URL
-            health = client.health(with_token=True)
     if health is not None:
         data.update(health)
         data["state"] = "Running"
@@ -52,7 +49,7 @@ def gather(flag: str | None = None, session_id: str | None = None) -> dict[str, 
     if session_id:
         data["session"] = {"id": session_id, "mailbox": _session_mailbox(client, session_id, health is not None)}
     data["mailboxes"] = []
-    if health is not None:
+    if health is not None and health.get("status") == "ok":  # else every read answers 503
         try:
             data["mailboxes"] = client.list()["mailboxes"]
         except DaemonError as exc:
@@ -131,6 +128,7 @@ def render(data: dict[str, Any], now: datetime | None = None) -> str:
         ("plugin", f"{plugin}" + (f"  {data['pluginRoot']}" if data.get("pluginRoot") else "")),
         ("port", f"{data.get('port', '')}  (address from {data.get('urlSource', locate.FROM_DEFAULT)})"),
         ("database", f"{database.get('path') or 'unknown'}  ({size})"),
+        *([("problem", f"UNAVAILABLE  {data['problem']}")] if data.get("problem") else []),
         ("autostart", f"{autostart['state']}" + (f"  {how}" if how else "")),
     ]
     integrity = data.get("integrity")

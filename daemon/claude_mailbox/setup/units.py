@@ -33,6 +33,7 @@ def systemd_unit_text(python: PurePath, env: Mapping[str, str], log: PurePath) -
         "RestartSec=2",
         "TimeoutStopSec=10",
         "LimitNOFILE=65536",  # one open file per connection and waiting watcher (issue 12.2)
+        "UMask=0077",  # the log systemd creates is private, like every file the daemon writes
         "",
         "[Install]",
         "WantedBy=default.target",
@@ -54,6 +55,7 @@ def launchd_plist_bytes(python: PurePath, env: Mapping[str, str], log: PurePath)
         "StandardErrorPath": str(log),
         "EnvironmentVariables": dict(env),
         "ProcessType": "Background",
+        "Umask": 0o077,  # the log launchd creates is private, like every file the daemon writes
     }
     return plistlib.dumps(plist, fmt=plistlib.FMT_XML, sort_keys=True)
 
