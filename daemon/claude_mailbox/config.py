@@ -21,7 +21,7 @@ from claude_mailbox.locate import DEFAULT_BIND, is_loopback
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::"})
 DEFAULT_LOOPBACK = DEFAULT_BIND  # what a wildcard bind (0.0.0.0) is reached at from here
 _PATH_KEYS = {"tls_cert", "tls_key", "tls_ca"}
-_BOOL_KEYS = {"insecure_remote"}
+_BOOL_KEYS = {"insecure_remote", "deliver_between_tools"}
 DURABILITY_LEVELS = ("normal", "full")
 MAX_LEASE_SECONDS = 24 * 3600
 MIN_RESPONSE_BYTES = 64 * 1024
@@ -56,6 +56,7 @@ class Config:
     tls_key: Path | None = None  # PEM private key of tls_cert
     tls_ca: Path | None = None  # clients: a CA file to trust besides the system's (a self-signed tls_cert)
     insecure_remote: bool = False  # allow a non-loopback bind without TLS (the token then crosses the network in clear)
+    deliver_between_tools: bool = True  # the PostToolUse hook hands a busy session its mail after each tool call
     public_name: str | None = None  # names clients use for this daemon, comma-separated: accepted in Host and Origin
     source: str | None = None  # the file these settings came from, for messages
 

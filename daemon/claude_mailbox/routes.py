@@ -156,8 +156,9 @@ OPERATIONS = (
         "/v1/hooks/{event}",
         "post",
         "hook",
-        "Claude Code's hooks relay their stdin here and print the answer (hooks/hook.py). The stop "
-        "event holds the answer until mail arrives while the session collaborates.",
+        "Claude Code's hooks relay their stdin here and print the answer (hooks/hook.py). prompt-submit "
+        "and post-tool (after each tool call) hand out unread mail as context; the stop event holds the "
+        "answer until mail arrives while the session collaborates.",
         "text/plain",
         body=schemas.HookInput,
         headers=(
