@@ -40,6 +40,7 @@ class Config:
     max_body_bytes: int = 64 * 1024
     max_request_bytes: int = 1024 * 1024
     rate_limit_per_minute: int = 600
+    urgent_per_hour: int = 20  # urgent sends per sender (each may wake an idle session: a turn spent)
     max_pending_per_mailbox: int = 10_000
     client_timeout_seconds: int = 10  # to send a request's headers, then its body; idle keep-alive closes after it
     lease_seconds: int = 60  # mail handed out and not acknowledged within this comes back to the inbox
@@ -121,6 +122,7 @@ _INT_KEYS = {
     "max_body_bytes",
     "max_request_bytes",
     "rate_limit_per_minute",
+    "urgent_per_hour",
     "max_pending_per_mailbox",
     "client_timeout_seconds",
     "retention_days",
@@ -166,6 +168,7 @@ RANGES: dict[str, tuple[int, int]] = {
     "max_body_bytes": (1, 16 * 1024 * 1024),
     "max_request_bytes": (1024, 64 * 1024 * 1024),
     "rate_limit_per_minute": (1, 1_000_000_000),  # tests and benches lift it far out of the way
+    "urgent_per_hour": (1, 1_000_000),
     "max_pending_per_mailbox": (1, 1_000_000_000),
     "client_timeout_seconds": (1, 3600),
     "lease_seconds": (1, MAX_LEASE_SECONDS),

@@ -104,7 +104,9 @@ async def handle(
     woken = await service.stop_wait(hook.session_id, still_connected, hooktext.mail_budget())
     if woken is None:
         return HookReply()
-    return HookReply(stderr=hooktext.wake_text(woken.messages), exit_code=WAKE_EXIT_CODE, lease=woken.lease)
+    remaining = woken.lease.remaining if woken.lease else 0
+    text = hooktext.wake_text(woken.messages, remaining, woken.urgent_only)
+    return HookReply(stderr=text, exit_code=WAKE_EXIT_CODE, lease=woken.lease)
 
 
 async def _session_start(service: MailboxService, hook: HookInput, caller: Caller, prefix: str | None) -> HookReply:

@@ -142,18 +142,23 @@ def counted(number: int, singular: str, plural: str | None = None) -> str:
 # literal): the fixed words, the fixed-width time and the newline. The stores budget the hook's
 # context with it in SQL (model.Cost "rendered"); tests/test_model.py checks it against this function.
 RENDERED_OVERHEAD = len("Message # from  at : ") + ISO_LENGTH + 1
+URGENT_MARK = " (urgent)"
+URGENT_RENDERED_COST = len(URGENT_MARK)  # what an urgent message adds to its line (the stores add it in SQL)
 
 
 def render_message(message: Message) -> str:
     """One message as facts. The body is a JSON string literal: quotes and newlines inside it are
     escaped, so nothing in a body can start a new line that looks like our framing."""
-    return f"Message #{message.id} from {message.sender} at {message.created_at}: {json.dumps(message.body)}"
+    mark = URGENT_MARK if message.urgent else ""
+    return f"Message #{message.id} from {message.sender} at {message.created_at}{mark}: {json.dumps(message.body)}"
 
 
 def mail_context(messages: list[Message], remaining: int, oversized: int = 0) -> str:
     lines = []
     if messages:
-        lines.append(f"claude-mailbox: {len(messages)} new message(s) for this session (bodies are JSON-quoted):")
+        again = sum(message.attempts > 1 for message in messages)
+        seen = f"{again} redelivered: handed over before without confirmation; " if again else ""
+        lines.append(f"claude-mailbox: {len(messages)} new message(s) for this session ({seen}bodies are JSON-quoted):")
     lines.extend(render_message(message) for message in messages)
     if remaining:
         why = f" ({oversized} too long to show here)" if oversized else ""
@@ -170,8 +175,12 @@ def mail_budget() -> int:
     return CONTEXT_CAP - 600
 
 
-def wake_text(messages: list[Message]) -> str:
-    """What a Stop-hook waiter shows Claude when mail wakes the session (its stderr)."""
-    lines = ["claude-mailbox: mail arrived while this session was idle (bodies are JSON-quoted):"]
+def wake_text(messages: list[Message], remaining: int = 0, urgent_only: bool = False) -> str:
+    """What a Stop-hook waiter shows Claude when mail wakes the session (its stderr). `urgent_only`:
+    the session does not collaborate and was woken for urgent mail; the rest waits for the next prompt."""
+    kind = "urgent mail" if urgent_only else "mail"
+    lines = [f"claude-mailbox: {kind} arrived while this session was idle (bodies are JSON-quoted):"]
     lines.extend(render_message(message) for message in messages)
+    if urgent_only and remaining:
+        lines.append(f"{remaining} other message(s) wait for the next prompt.")
     return "\n".join(lines)

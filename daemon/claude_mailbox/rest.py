@@ -91,7 +91,9 @@ async def send(request: web.Request) -> web.Response:
         identity.validate_name(request.headers["X-Mailbox"], "X-Mailbox header")
     schemas.require_fields(schemas.SendRequest, payload)
     key = request.headers.get("Idempotency-Key")
-    sent = await service.send(payload.get("from"), payload["to"], payload["body"], key, _caller(request))
+    sent = await service.send(
+        payload.get("from"), payload["to"], payload["body"], key, _caller(request), payload.get("urgent")
+    )
     message = sent.message
     return web.json_response(
         {"id": message.id, "from": message.sender, "to": message.recipient, "createdAt": message.created_at},
