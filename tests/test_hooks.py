@@ -294,7 +294,7 @@ def test_session_start_context_is_bounded_live_first(sessions: Sessions, claude:
     assert 10 < len(listed) < 300 and all("(running, " in line for line in listed), listed
     more = re.search(r"^\.\.\. and (\d+) more \(claude-mailbox list\)$", context, re.M)
     assert more and int(more.group(1)) == 400 - len(listed), context
-    assert context.endswith("the user can run /claude-mailbox:collaborate.")  # the facts after the list survive
+    assert context.endswith("the user runs /claude-mailbox:collaborate.")  # the facts after the list survive
 
 
 def test_hundred_thousand_peers_render_within_the_bound() -> None:

@@ -106,11 +106,23 @@ def test_without_collaboration_urgent_mail_wakes_with_only_the_urgent_mail(daemo
         "claude-mailbox: urgent mail arrived while this session was idle (bodies are JSON-quoted):",
         f"Message #{urgent['id']} from boss at {urgent['createdAt']} (urgent): "
         + json.dumps("stop, I am changing that API"),
-        "1 other message(s) wait for the next prompt.",
     ]
     assert daemon.client().peek(session.name)["pending"] == 1  # the ordinary one
     prompt = hook(daemon, "prompt-submit", {"session_id": session.session_id, "prompt": "hi"}, session.claude_pid)
     assert "ordinary, for the next prompt" in prompt.context and "stop, I am" not in prompt.context
+
+
+def test_an_unattended_session_without_collaboration_is_not_held(daemon: Daemon, session: Session) -> None:
+    """`claude -p` and the Agent SDK's stream-json sessions wait ~30 s at their end for a held Stop
+    hook: without collaboration they are not held, unless CLAUDE_MAILBOX_WAKE_UNATTENDED=1."""
+    daemon.client().send("boss", session.name, "urgent, but nobody is there", urgent=True)
+    started = time.monotonic()
+    assert_ends_silently(start_stop_hook(daemon, session, CLAUDE_CODE_SESSION_ATTENDED="0"))
+    assert time.monotonic() - started < 5.0
+    assert daemon.client().peek(session.name)["pending"] == 1
+    opted_in = start_stop_hook(daemon, session, CLAUDE_CODE_SESSION_ATTENDED="0", CLAUDE_MAILBOX_WAKE_UNATTENDED="1")
+    code, _, err = finish(opted_in)
+    assert code == 2 and "urgent, but nobody is there" in err
 
 
 def test_urgent_mail_already_pending_wakes_at_once(daemon: Daemon, session: Session) -> None:

@@ -85,8 +85,11 @@ async def handle(
     caller: Caller,
     prefix: str | None,
     still_connected: Callable[[], bool],
+    *,
+    urgent_wake: bool = True,
 ) -> HookReply:
-    """One hook event, from its stdin bytes to what the hook prints."""
+    """One hook event, from its stdin bytes to what the hook prints. `urgent_wake=False`: a Stop hook
+    of a session that does not collaborate is not held for urgent mail (an unattended run)."""
     if event not in EVENTS:
         raise NotFound(f"no hook event {event!r}")
     hook = parse_hook_input(data)
@@ -101,11 +104,10 @@ async def handle(
     if event == "session-end":
         await service.session_end(hook.session_id, hook.reason, caller.claude_pid)
         return HookReply()
-    woken = await service.stop_wait(hook.session_id, still_connected, hooktext.mail_budget())
+    woken = await service.stop_wait(hook.session_id, still_connected, hooktext.mail_budget(), urgent_wake)
     if woken is None:
         return HookReply()
-    remaining = woken.lease.remaining if woken.lease else 0
-    text = hooktext.wake_text(woken.messages, remaining, woken.urgent_only)
+    text = hooktext.wake_text(woken.messages, woken.urgent_only)
     return HookReply(stderr=text, exit_code=WAKE_EXIT_CODE, lease=woken.lease)
 
 

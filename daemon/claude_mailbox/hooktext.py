@@ -69,7 +69,8 @@ def session_start_context(
         tail.append(f"{counted(pending, 'unread message')} for this session {verb} with the next prompt.")
     if plugin:
         tail.append(
-            "Peers' mail arrives with each prompt; to be woken mid-task, the user can run /claude-mailbox:collaborate."
+            "Mail arrives with prompts and after tool calls; to be woken when idle, the user runs "
+            "/claude-mailbox:collaborate."
         )
     else:
         tail.append("Peers' mail arrives with each prompt.")
@@ -175,12 +176,11 @@ def mail_budget() -> int:
     return CONTEXT_CAP - 600
 
 
-def wake_text(messages: list[Message], remaining: int = 0, urgent_only: bool = False) -> str:
+def wake_text(messages: list[Message], urgent_only: bool = False) -> str:
     """What a Stop-hook waiter shows Claude when mail wakes the session (its stderr). `urgent_only`:
-    the session does not collaborate and was woken for urgent mail; the rest waits for the next prompt."""
+    the session does not collaborate and was woken for urgent mail. The other mail is not named here:
+    Claude Code runs UserPromptSubmit for the woken turn (2.1.330), whose hook hands it over."""
     kind = "urgent mail" if urgent_only else "mail"
     lines = [f"claude-mailbox: {kind} arrived while this session was idle (bodies are JSON-quoted):"]
     lines.extend(render_message(message) for message in messages)
-    if urgent_only and remaining:
-        lines.append(f"{remaining} other message(s) wait for the next prompt.")
     return "\n".join(lines)

@@ -200,6 +200,7 @@ async def hook(request: web.Request) -> web.StreamResponse:
             _caller(request),
             request.headers.get("X-Mailbox-Prefix") or None,
             _connected(request),
+            urgent_wake=request.headers.get("X-Mailbox-Urgent-Wake") != "0",
         )
         stream = "stderr" if reply.stderr else "stdout"
         headers = {"X-Hook-Stream": stream, "X-Hook-Exit": str(reply.exit_code)}

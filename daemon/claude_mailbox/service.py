@@ -537,12 +537,14 @@ class MailboxService:
         if ended is not None:
             self.waiters.stop_exclusive(f"stop:{ended.session_id}")
 
-    async def stop_wait(self, session_id: str, still_connected: Callable[[], bool], budget: int) -> WatchResult | None:
+    async def stop_wait(
+        self, session_id: str, still_connected: Callable[[], bool], budget: int, urgent_wake: bool = True
+    ) -> WatchResult | None:
         """The asyncRewake Stop hook: hold until mail arrives and return it (under its lease): any mail
         in collaboration mode, else only urgent mail (an idle session spends no turn on the rest).
-        None when the wait ends without mail."""
+        None when the wait ends without mail. `urgent_wake=False`: without collaboration, no wait."""
         session = await self.store.session(session_id)
-        if session is None or session.ended_at:
+        if session is None or session.ended_at or not (session.collaborate or urgent_wake):
             return None
         urgent_only = not session.collaborate
         pid, started = session.claude_pid, session.pid_started
