@@ -69,7 +69,7 @@ RAW_BODIES = [
     b"\xef\xbb\xbf{}",
     b"\x00\x00\x00{",
 ]
-EVENTS = ["session-start", "prompt-submit", "session-end", "stop", "unknown-event", ""]
+EVENTS = ["session-start", "prompt-submit", "post-tool", "session-end", "stop", "unknown-event", ""]
 CONTENT_TYPES = [
     "application/json",
     "application/json; charset=utf-8",

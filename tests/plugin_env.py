@@ -23,6 +23,7 @@ HOOKS_JSON = REPO / "hooks" / "hooks.json"
 EVENT_NAMES = {
     "session-start": "SessionStart",
     "prompt-submit": "UserPromptSubmit",
+    "post-tool": "PostToolUse",
     "session-end": "SessionEnd",
     "stop": "Stop",
 }
@@ -150,6 +151,23 @@ def prompt_input(session_id: str, prompt: str = "hello", *, new: bool = True) ->
         data["permission_mode"] = "default"
     data["hook_event_name"] = "UserPromptSubmit"
     data["prompt"] = prompt
+    return data
+
+
+def post_tool_input(session_id: str, command: str = "ls", *, new: bool = True) -> dict[str, Any]:
+    """PostToolUse after a Bash call (tool_name, tool_input, tool_response, tool_use_id)."""
+    data: dict[str, Any] = {
+        "session_id": session_id,
+        "transcript_path": f"/tmp/home/.claude/projects/p/{session_id}.jsonl",
+        "cwd": "/tmp",
+    }
+    if new:
+        data["permission_mode"] = "default"
+    data["hook_event_name"] = "PostToolUse"
+    data["tool_name"] = "Bash"
+    data["tool_input"] = {"command": command, "description": "list"}
+    data["tool_response"] = {"stdout": "a\nb\n", "stderr": "", "interrupted": False, "isImage": False}
+    data["tool_use_id"] = "toolu_01ABCDEF"
     return data
 
 

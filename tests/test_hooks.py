@@ -32,6 +32,7 @@ from plugin_env import (
     hook_command,
     hook_env,
     make_managed_venv,
+    post_tool_input,
     prompt_input,
     run_hook,
     start_input,
@@ -293,7 +294,7 @@ def test_session_start_context_is_bounded_live_first(sessions: Sessions, claude:
     assert 10 < len(listed) < 300 and all("(running, " in line for line in listed), listed
     more = re.search(r"^\.\.\. and (\d+) more \(claude-mailbox list\)$", context, re.M)
     assert more and int(more.group(1)) == 400 - len(listed), context
-    assert context.endswith("the user can run /claude-mailbox:collaborate.")  # the facts after the list survive
+    assert context.endswith("the user runs /claude-mailbox:collaborate.")  # the facts after the list survive
 
 
 def test_hundred_thousand_peers_render_within_the_bound() -> None:
@@ -463,6 +464,69 @@ def test_big_prompt_still_gets_mail(sessions: Sessions, claude: FakeClaude) -> N
     assert "mail despite a long prompt" in sessions.prompt(me, claude.pid, prompt="p" * 500_000).context
 
 
+# --- PostToolUse: mail between tool calls (issue 22) ---------------------------------------------------
+
+
+def test_post_tool_hands_mail_over_like_prompt_submit(sessions: Sessions, claude: FakeClaude) -> None:
+    me = sid()
+    sessions.start(me, claude.pid)
+    env = sessions.env(claude.pid, me)
+    assert run_hook("post-tool", post_tool_input(me), env).stdout == ""  # empty inbox: nothing at all
+    client = sessions.daemon.client()
+    first = client.send("alice", box(me), 'stop, "I am changing that API"\nnow')
+    run = run_hook("post-tool", post_tool_input(me), env)
+    assert (run.returncode, run.stderr) == (0, "")
+    out = json.loads(run.stdout)["hookSpecificOutput"]
+    assert out["hookEventName"] == "PostToolUse"
+    lines = out["additionalContext"].splitlines()
+    assert lines == [
+        "claude-mailbox: 1 new message(s) for this session (bodies are JSON-quoted):",
+        f"Message #{first['id']} from alice at {first['createdAt']}: "
+        + json.dumps('stop, "I am changing that API"\nnow'),
+    ]
+    assert client.peek(box(me))["pending"] == 0
+    assert run_hook("post-tool", post_tool_input(me), env).stdout == ""  # once
+    assert sessions.prompt(me, claude.pid).stdout == ""  # and not again with the next prompt
+
+
+def test_post_tool_keeps_the_cap_and_the_oversized_rule(sessions: Sessions, claude: FakeClaude) -> None:
+    me = sid()
+    sessions.start(me, claude.pid)
+    client = sessions.daemon.client()
+    client.send("alice", box(me), "x" * 12_000)
+    for i in range(15):
+        client.send("alice", box(me), f"{i:02d} " + "y" * 990)
+    context = run_hook("post-tool", post_tool_input(me), sessions.env(claude.pid, me)).context
+    assert len(context) < hooktext.CONTEXT_CAP
+    assert "(1 too long to show here)" in context.splitlines()[-1]
+    assert "x" * 100 not in context
+    assert '"00 yyy' in context
+
+
+def test_post_tool_delivery_off_for_one_session(sessions: Sessions, claude: FakeClaude) -> None:
+    me = sid()
+    sessions.start(me, claude.pid)
+    sessions.daemon.client().send("alice", box(me), "waits for the prompt")
+    env = {**sessions.env(claude.pid, me), hookrelay.BETWEEN_TOOLS_ENV: "0"}
+    assert run_hook("post-tool", post_tool_input(me), env).stdout == ""
+    assert sessions.daemon.client().peek(box(me))["pending"] == 1
+    assert "waits for the prompt" in sessions.prompt(me, claude.pid).context
+
+
+def test_post_tool_delivery_off_in_config_toml(tmp_path: Path, plugin_data: Path, claude: FakeClaude) -> None:
+    home = tmp_path / "off-home"
+    home.mkdir()
+    (home / "config.toml").write_text("deliver_between_tools = false\n")
+    with Daemon(home) as daemon:
+        off = Sessions(daemon, plugin_data)
+        me = sid()
+        off.start(me, claude.pid)
+        daemon.client().send("alice", box(me), "waits for the prompt")
+        assert run_hook("post-tool", post_tool_input(me), off.env(claude.pid, me)).stdout == ""
+        assert daemon.client().peek(box(me))["pending"] == 1
+        assert "waits for the prompt" in off.prompt(me, claude.pid).context
+
+
 # --- SessionEnd, /clear, --resume ---------------------------------------------------------------------
 
 
@@ -547,10 +611,14 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
-@pytest.mark.parametrize("event", ["prompt-submit", "session-end"])
+def payload_for(event: str) -> dict:
+    return {"prompt-submit": prompt_input, "post-tool": post_tool_input, "session-end": end_input}[event](sid())
+
+
+@pytest.mark.parametrize("event", ["prompt-submit", "post-tool", "session-end"])
 def test_daemon_down_prints_nothing_fast(event: str, mailbox_home: Path, plugin_data: Path) -> None:
     env = hook_env(base_env(mailbox_home), url=closed_port_url(), claude_pid=os.getpid(), plugin_data=plugin_data)
-    payload = prompt_input(sid()) if event == "prompt-submit" else end_input(sid())
+    payload = payload_for(event)
     runs = [run_hook(event, payload, env) for _ in range(3)]
     assert all((run.returncode, run.stdout, run.stderr) == (0, "", "") for run in runs), runs
     assert min(run.seconds for run in runs) < 0.5, runs  # best of 3: the hook's cost, not the machine's load
@@ -577,7 +645,7 @@ GARBAGE = {
 
 def test_bad_stdin_is_harmless(sessions: Sessions, claude: FakeClaude) -> None:
     """Every event x every bad input: exit 0, nothing on stdout or stderr, quickly."""
-    for event in ("session-start", "prompt-submit", "session-end", "stop"):
+    for event in ("session-start", "prompt-submit", "post-tool", "session-end", "stop"):
         for label, data in GARBAGE.items():
             run = run_hook(event, data, sessions.env(claude.pid))
             outcome = (run.returncode, run.stdout, run.stderr)
@@ -640,12 +708,12 @@ def silent_server() -> Iterator[SilentServer]:
     server.close()
 
 
-@pytest.mark.parametrize("event", ["prompt-submit", "session-end"])
+@pytest.mark.parametrize("event", ["prompt-submit", "post-tool", "session-end"])
 def test_slow_daemon_hook_gives_up_within_its_timeout(
     event: str, silent_server: SilentServer, mailbox_home: Path, plugin_data: Path
 ) -> None:
     env = hook_env(base_env(mailbox_home), url=silent_server.url, claude_pid=os.getpid(), plugin_data=plugin_data)
-    payload = prompt_input(sid()) if event == "prompt-submit" else end_input(sid())
+    payload = payload_for(event)
     rounds = 3 if event == "session-end" else 1  # the short one: its budget counts process start-up too
     seconds = []
     for _ in range(rounds):
@@ -656,7 +724,9 @@ def test_slow_daemon_hook_gives_up_within_its_timeout(
     # (process start-up, which load stretches, is outside it).
     limit = hookrelay.TIMEOUTS[event]
     assert all(limit - 0.1 <= waited < limit + 0.5 for waited in silent_server.hang_ups(rounds)), silent_server
-    hooks_json_timeout = {"prompt-submit": "UserPromptSubmit", "session-end": "SessionEnd"}[event]
+    hooks_json_timeout = {"prompt-submit": "UserPromptSubmit", "post-tool": "PostToolUse", "session-end": "SessionEnd"}[
+        event
+    ]
     spec = json.loads((REPO / "hooks" / "hooks.json").read_text())["hooks"][hooks_json_timeout][0]["hooks"][0]
     assert max(seconds) < spec["timeout"]
     if event == "session-end":

@@ -106,7 +106,7 @@ def test_tools_are_listed_with_annotations(server: Daemon, mode: str) -> None:
     assert tools["send"].annotations.read_only_hint is False  # type: ignore[union-attr]
     assert tools["send"].annotations.idempotent_hint is False  # type: ignore[union-attr]
     assert set(tools["send"].input_schema["required"]) == {"to", "body"}
-    assert set(tools["send"].input_schema["properties"]) == {"to", "body", "from", "idempotencyKey"}
+    assert set(tools["send"].input_schema["properties"]) == {"to", "body", "from", "idempotencyKey", "urgent"}
     for name in ("check_inbox", "peek_inbox", "list_mailboxes"):
         assert set(tools[name].input_schema["properties"]) == {"name"}
         assert not tools[name].input_schema.get("required")

@@ -138,7 +138,9 @@ def test_mcp_json_declares_the_http_server_with_the_headers_helper() -> None:
 def test_hooks_json_commands_point_at_executable_files() -> None:
     hooks = _json("hooks/hooks.json")
     assert set(hooks) >= {"hooks"}
-    assert set(hooks["hooks"]) == {"SessionStart", "UserPromptSubmit", "SessionEnd", "Stop"}
+    assert set(hooks["hooks"]) == {"SessionStart", "UserPromptSubmit", "PostToolUse", "SessionEnd", "Stop"}
+    (post_tool,) = hooks["hooks"]["PostToolUse"]
+    assert not post_tool.get("matcher")  # every tool: mail reaches a busy session after any of them
     commands = [
         hook["command"]
         for groups in hooks["hooks"].values()
@@ -146,7 +148,7 @@ def test_hooks_json_commands_point_at_executable_files() -> None:
         for hook in group["hooks"]
         if hook["type"] == "command"
     ]
-    assert len(commands) == 4
+    assert len(commands) == 5
     for command in commands:
         program = shlex.split(command)[0]
         assert program.startswith("${CLAUDE_PLUGIN_ROOT}/"), command

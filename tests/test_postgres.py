@@ -104,14 +104,14 @@ def build_old_numbered(url: str, old: int) -> None:
 
 @pytest.mark.parametrize("old", [1, 2])
 def test_a_database_of_the_old_numbering_takes_the_shared_one(pg_url: str, old: int) -> None:
-    """Old 1 is the shared 3, old 2 the shared 3 and 5: both gain step 4's thread index and end at 5."""
+    """Old 1 is the shared 3, old 2 the shared 3 and 5: both gain step 4's thread index, then step 6."""
     from claude_mailbox.pgstore import SCHEMA_VERSION
 
     build_old_numbered(pg_url, old)
     store = SyncPgStore(pg_url)
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 5
-        assert store.sql("SELECT version FROM mailbox_schema") == [(5,)]
+        assert store.schema_version() == SCHEMA_VERSION == 6
+        assert store.sql("SELECT version FROM mailbox_schema") == [(6,)]
         assert store.sql("SELECT indexname FROM pg_indexes WHERE indexname = 'messages_thread'") == [
             ("messages_thread",)
         ]
@@ -124,7 +124,7 @@ def test_a_database_of_the_old_numbering_takes_the_shared_one(pg_url: str, old: 
         store.close()
     again = SyncPgStore(pg_url)  # opening again changes nothing
     try:
-        assert again.sql("SELECT version FROM mailbox_schema") == [(5,)]
+        assert again.sql("SELECT version FROM mailbox_schema") == [(6,)]
         assert again.peek("bob")[0] == 2
     finally:
         again.close()

@@ -67,13 +67,18 @@ def test_request_bodies_are_closed_and_agree_with_the_handlers_checks(app: InPro
     document = request(app.url, "GET", "/openapi.json").json
     send_body = document["components"]["schemas"]["SendRequest"]
     assert send_body["additionalProperties"] is False
-    assert set(send_body["properties"]) == schemas.fields(schemas.SendRequest) == {"to", "body", "from"}
+    assert set(send_body["properties"]) == schemas.fields(schemas.SendRequest) == {"to", "body", "from", "urgent"}
+    assert send_body["properties"]["urgent"]["type"] == "boolean"
     reply = request(
         app.url, "POST", "/v1/send", json_body={"to": "b", "body": "x", "cc": "c"}, headers={"X-Mailbox": "a"}
     )
     assert reply.status == 400 and reply.json["error"]["message"] == "unknown field(s): cc"
     reply = request(app.url, "POST", "/v1/send", json_body={"to": "b"}, headers={"X-Mailbox": "a"})
     assert reply.json["error"]["message"] == "fields 'to' and 'body' are required"
+    reply = request(
+        app.url, "POST", "/v1/send", json_body={"to": "b", "body": "x", "urgent": "yes"}, headers={"X-Mailbox": "a"}
+    )
+    assert reply.status == 400 and reply.json["error"]["message"] == "urgent must be true or false"
     reply = request(app.url, "GET", "/v1/peek?name=a&colour=red")
     assert reply.status == 400 and reply.json["error"]["message"] == "unknown query parameter(s): colour"
     reply = request(app.url, "POST", "/v1/check-inbox?name=a&maxChars=0", headers={"X-Mailbox": "a"})

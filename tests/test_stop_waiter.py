@@ -80,13 +80,73 @@ def assert_ends_silently(process: subprocess.Popen[str]) -> None:
 # --- off by default ------------------------------------------------------------------------------
 
 
-def test_off_by_default_exits_0_at_once_with_no_output(daemon: Daemon, session: Session) -> None:
+def test_without_collaboration_ordinary_mail_does_not_wake(daemon: Daemon, session: Session) -> None:
+    """Issue 22.2: the waiter of a session that does not collaborate holds for urgent mail only; the
+    ordinary mail stays for the next prompt and costs the idle session no turn."""
+    waiter = start_stop_hook(daemon, session)
+    wait_waiters(daemon, 1)
     daemon.client().send("alice", session.name, "waits for the next prompt")
-    started = time.monotonic()
-    assert_ends_silently(start_stop_hook(daemon, session))
-    assert time.monotonic() - started < 5.0
+    time.sleep(0.5)
+    assert waiter.poll() is None  # not woken
     assert daemon.client().peek(session.name)["pending"] == 1  # not consumed
     assert collaborate(daemon, session, "status") == f"collaboration mode is off for {session.name}"
+    hook(daemon, "session-end", {"session_id": session.session_id, "reason": "other"}, session.claude_pid)
+    assert_ends_silently(waiter)
+    assert daemon.client().peek(session.name)["pending"] == 1
+
+
+def test_without_collaboration_urgent_mail_wakes_with_only_the_urgent_mail(daemon: Daemon, session: Session) -> None:
+    daemon.client().send("alice", session.name, "ordinary, for the next prompt")
+    waiter = start_stop_hook(daemon, session)
+    wait_waiters(daemon, 1)
+    urgent = daemon.client().send("boss", session.name, "stop, I am changing that API", urgent=True)
+    code, out, err = finish(waiter)
+    assert (code, out) == (2, ""), err
+    assert err.splitlines() == [
+        "claude-mailbox: urgent mail arrived while this session was idle (bodies are JSON-quoted):",
+        f"Message #{urgent['id']} from boss at {urgent['createdAt']} (urgent): "
+        + json.dumps("stop, I am changing that API"),
+    ]
+    assert daemon.client().peek(session.name)["pending"] == 1  # the ordinary one
+    prompt = hook(daemon, "prompt-submit", {"session_id": session.session_id, "prompt": "hi"}, session.claude_pid)
+    assert "ordinary, for the next prompt" in prompt.context and "stop, I am" not in prompt.context
+
+
+def test_an_unattended_session_without_collaboration_is_not_held(daemon: Daemon, session: Session) -> None:
+    """`claude -p` and the Agent SDK's stream-json sessions wait ~30 s at their end for a held Stop
+    hook: without collaboration they are not held, unless CLAUDE_MAILBOX_WAKE_UNATTENDED=1."""
+    daemon.client().send("boss", session.name, "urgent, but nobody is there", urgent=True)
+    started = time.monotonic()
+    assert_ends_silently(start_stop_hook(daemon, session, CLAUDE_CODE_SESSION_ATTENDED="0"))
+    assert time.monotonic() - started < 5.0
+    assert daemon.client().peek(session.name)["pending"] == 1
+    opted_in = start_stop_hook(daemon, session, CLAUDE_CODE_SESSION_ATTENDED="0", CLAUDE_MAILBOX_WAKE_UNATTENDED="1")
+    code, _, err = finish(opted_in)
+    assert code == 2 and "urgent, but nobody is there" in err
+
+
+def test_urgent_mail_already_pending_wakes_at_once(daemon: Daemon, session: Session) -> None:
+    daemon.client().send("boss", session.name, "now", urgent=True)
+    code, _, err = finish(start_stop_hook(daemon, session))
+    assert code == 2 and '(urgent): "now"' in err
+
+
+def test_urgent_sends_are_rate_limited_per_sender(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text("urgent_per_hour = 2\n")
+    with Daemon(home) as limited:
+        client = limited.client()
+        client.send("boss", "bob", "one", urgent=True)
+        client.send("boss", "bob", "two", urgent=True)
+        refused = run_cli("send", "--from", "boss", "--to", "bob", "--body", "three", "--urgent", env=limited.env())
+        assert refused.returncode != 0
+        assert refused.stderr.strip().count("\n") == 0  # one line
+        assert "'boss' sends more than 2 urgent messages an hour" in refused.stderr
+        client.send("boss", "bob", "ordinary is not limited by it")
+        sent = run_cli("send", "--from", "other", "--to", "bob", "--body", "mine", "--urgent", env=limited.env())
+        assert sent.returncode == 0 and sent.stdout.startswith("sent urgent message #"), sent.stderr
+        assert limited.client().peek("bob")["pending"] == 4
 
 
 def test_unknown_session_and_garbage_input_exit_0(daemon: Daemon, fake_claude: int) -> None:
@@ -240,8 +300,14 @@ def test_turning_collaboration_off_ends_the_waiter(daemon: Daemon, session: Sess
     wait_waiters(daemon, 1)
     assert collaborate(daemon, session, "off") == f"collaboration mode is off for {session.name}"
     assert_ends_silently(waiter)
+    # The next turn's waiter holds for urgent mail only: ordinary mail waits for the next prompt.
+    after = start_stop_hook(daemon, session)
+    wait_waiters(daemon, 1)
     daemon.client().send("alice", session.name, "after off")
-    assert_ends_silently(start_stop_hook(daemon, session))
+    time.sleep(0.3)
+    assert after.poll() is None
+    end_session(daemon, session)
+    assert_ends_silently(after)
     assert daemon.client().peek(session.name)["pending"] == 1
 
 

@@ -86,6 +86,18 @@ def test_tail_shows_a_send_within_a_second_and_consumes_nothing(daemon: Daemon, 
     assert client.peek("bob")["pending"] == 2  # followed, not consumed
 
 
+def test_tail_marks_urgent_mail(daemon: Daemon, tails: list[Tail]) -> None:
+    client = daemon.client()
+    client.send("boss", "bob", "stop now", urgent=True)
+    client.send("alice", "bob", "whenever")
+    tails.append(Tail(daemon, "--since", "10m"))
+    urgent, ordinary = (tails[0].line(within=10).split(" ", 1)[1] for _ in range(2))
+    assert (urgent, ordinary) == ('boss -> bob (urgent): "stop now"  (unread)', 'alice -> bob: "whenever"  (unread)')
+    tails.append(Tail(daemon, "--since", "10m", "--json"))
+    shown = [json.loads(tails[1].line(within=10)) for _ in range(2)]
+    assert [m.get("urgent") for m in shown] == [True, None]
+
+
 def test_tail_since_name_json(daemon: Daemon, tails: list[Tail]) -> None:
     client = daemon.client()
     client.send("alice", "bob", "one")

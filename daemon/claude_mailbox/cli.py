@@ -105,8 +105,9 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     identity.validate_name(args.sender, "--from")  # the daemon would blame the X-Mailbox header
     body = sys.stdin.read() if args.body == "-" else args.body
-    result = client(args).send(args.sender, args.to, body)
-    emit(args, result, f"sent message #{result['id']} from {result['from']} to {result['to']}")
+    result = client(args).send(args.sender, args.to, body, urgent=args.urgent)
+    urgent = "urgent " if args.urgent else ""
+    emit(args, result, f"sent {urgent}message #{result['id']} from {result['from']} to {result['to']}")
     return EXIT_OK
 
 
@@ -401,8 +402,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
             if args.json:
                 print(textsafe.dumps(message))
             else:
-                line = f"{message['createdAt']} {message['from']} -> {message['to']}: {textsafe.quote(message['body'])}"
-                print(line + ("" if message["read"] else "  (unread)"))
+                urgent = " (urgent)" if message.get("urgent") else ""
+                line = f"{message['createdAt']} {message['from']} -> {message['to']}{urgent}: "
+                print(line + textsafe.quote(message["body"]) + ("" if message["read"] else "  (unread)"))
         sys.stdout.flush()
         after = int(answer["last"])
 
@@ -569,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--from", dest="sender", required=True, help="your mailbox name")
     send.add_argument("--to", required=True, help="the recipient's mailbox name")
     send.add_argument("--body", required=True, help="the message text, or - to read it from stdin")
+    send.add_argument(
+        "--urgent", action="store_true", help="deliver at once: between tool calls, or wake an idle session"
+    )
 
     verb("peek", cmd_peek, "count pending mail without reading it").add_argument("--name", required=True)
     check = verb("check", cmd_check, "read (and mark delivered) all pending mail")

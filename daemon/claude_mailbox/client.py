@@ -74,11 +74,15 @@ class MailboxClient:
             raise DaemonUnreachable(f"{self.url} answered, but not as a claude-mailbox daemon")
         return data
 
-    def send(self, sender: str, to: str, body: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
+    def send(
+        self, sender: str, to: str, body: str, *, idempotency_key: str | None = None, urgent: bool = False
+    ) -> dict[str, Any]:
         """Send once: under an Idempotency-Key (generated unless given), so the one retry after a
         connection error cannot store the message twice."""
         headers = {"Idempotency-Key": idempotency_key or os.urandom(16).hex()}
-        payload = {"to": to, "body": body}
+        payload: dict[str, Any] = {"to": to, "body": body}
+        if urgent:
+            payload["urgent"] = True
         try:
             return self.call("POST", "/v1/send", payload=payload, mailbox=sender, headers=headers)
         except DaemonUnreachable as first:

@@ -22,7 +22,7 @@ from claude_mailbox.locate import DEFAULT_BIND, is_loopback
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::"})
 DEFAULT_LOOPBACK = DEFAULT_BIND  # what a wildcard bind (0.0.0.0) is reached at from here
 _PATH_KEYS = {"tls_cert", "tls_key", "tls_ca"}
-_BOOL_KEYS = {"insecure_remote"}
+_BOOL_KEYS = {"insecure_remote", "deliver_between_tools"}
 DURABILITY_LEVELS = ("normal", "full")
 MAX_LEASE_SECONDS = 24 * 3600
 MIN_RESPONSE_BYTES = 64 * 1024
@@ -42,6 +42,7 @@ class Config:
     max_body_bytes: int = 64 * 1024
     max_request_bytes: int = 1024 * 1024
     rate_limit_per_minute: int = 600
+    urgent_per_hour: int = 20  # urgent sends per sender (each may wake an idle session: a turn spent)
     max_pending_per_mailbox: int = 10_000
     client_timeout_seconds: int = 10  # to send a request's headers, then its body; idle keep-alive closes after it
     lease_seconds: int = 60  # mail handed out and not acknowledged within this comes back to the inbox
@@ -58,6 +59,7 @@ class Config:
     tls_key: Path | None = None  # PEM private key of tls_cert
     tls_ca: Path | None = None  # clients: a CA file to trust besides the system's (a self-signed tls_cert)
     insecure_remote: bool = False  # allow a non-loopback bind without TLS (the token then crosses the network in clear)
+    deliver_between_tools: bool = True  # the PostToolUse hook hands a busy session its mail after each tool call
     public_name: str | None = None  # names clients use for this daemon, comma-separated: accepted in Host and Origin
     source: str | None = None  # the file these settings came from, for messages
 
@@ -205,6 +207,7 @@ _INT_KEYS = {
     "max_body_bytes",
     "max_request_bytes",
     "rate_limit_per_minute",
+    "urgent_per_hour",
     "max_pending_per_mailbox",
     "client_timeout_seconds",
     "retention_days",
@@ -251,6 +254,7 @@ RANGES: dict[str, tuple[int, int]] = {
     "max_body_bytes": (1, 16 * 1024 * 1024),
     "max_request_bytes": (1024, 64 * 1024 * 1024),
     "rate_limit_per_minute": (1, 1_000_000_000),  # tests and benches lift it far out of the way
+    "urgent_per_hour": (1, 1_000_000),
     "max_pending_per_mailbox": (1, 1_000_000_000),
     "client_timeout_seconds": (1, 3600),
     "lease_seconds": (1, MAX_LEASE_SECONDS),

@@ -6,8 +6,6 @@ Stdlib only: the CLI and hooks import it.
 
 from __future__ import annotations
 
-import json
-
 
 class MailboxError(Exception):
     """An error meant for a person: printed without a traceback."""
@@ -169,4 +167,6 @@ def error_body(error: MailboxError) -> dict[str, dict[str, str]]:
 
 
 def error_bytes(error: MailboxError) -> bytes:
+    import json  # here, not at the top: the hook fast path imports this module, and json costs it re and enum
+
     return json.dumps(error_body(error)).encode()

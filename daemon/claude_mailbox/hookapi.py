@@ -16,7 +16,7 @@ from claude_mailbox.model import Lease, iso_before
 from claude_mailbox.service import PEER_WINDOW_SECONDS, Caller, MailboxService, MailboxView
 
 MAX_HOOK_INPUT = 1024 * 1024
-EVENTS = ("session-start", "prompt-submit", "stop", "session-end")
+EVENTS = ("session-start", "prompt-submit", "post-tool", "stop", "session-end")
 WAKE_EXIT_CODE = 2  # an asyncRewake Stop hook exiting 2 starts a new turn with its stderr
 
 
@@ -85,23 +85,31 @@ async def handle(
     caller: Caller,
     prefix: str | None,
     still_connected: Callable[[], bool],
+    *,
+    urgent_wake: bool = True,
 ) -> HookReply:
-    """One hook event, from its stdin bytes to what the hook prints."""
+    """One hook event, from its stdin bytes to what the hook prints. `urgent_wake=False`: a Stop hook
+    of a session that does not collaborate is not held for urgent mail (an unattended run)."""
     if event not in EVENTS:
         raise NotFound(f"no hook event {event!r}")
     hook = parse_hook_input(data)
     if event == "session-start":
         return await _session_start(service, hook, caller, prefix)
     if event == "prompt-submit":
-        return await _prompt_submit(service, hook, caller, prefix)
+        return await _prompt_submit(service, hook, caller, prefix, "UserPromptSubmit")
+    if event == "post-tool":
+        if not service.config.deliver_between_tools:
+            return HookReply()
+        return await _prompt_submit(service, hook, caller, prefix, "PostToolUse")
     if event == "session-end":
         await service.session_end(hook.session_id, hook.reason, caller.claude_pid)
         return HookReply()
-    woken = await service.stop_wait(hook.session_id, still_connected, hooktext.mail_budget())
+    woken = await service.stop_wait(hook.session_id, still_connected, hooktext.mail_budget(), urgent_wake)
     if woken is None:
         return HookReply()
     oversized = woken.lease.oversized if woken.lease else 0
-    return HookReply(stderr=hooktext.wake_text(woken.messages, oversized), exit_code=WAKE_EXIT_CODE, lease=woken.lease)
+    text = hooktext.wake_text(woken.messages, oversized, woken.urgent_only)
+    return HookReply(stderr=text, exit_code=WAKE_EXIT_CODE, lease=woken.lease)
 
 
 async def _session_start(service: MailboxService, hook: HookInput, caller: Caller, prefix: str | None) -> HookReply:
@@ -129,14 +137,18 @@ async def _session_start(service: MailboxService, hook: HookInput, caller: Calle
     return HookReply(stdout=hooktext.context_output("SessionStart", context))
 
 
-async def _prompt_submit(service: MailboxService, hook: HookInput, caller: Caller, prefix: str | None) -> HookReply:
+async def _prompt_submit(
+    service: MailboxService, hook: HookInput, caller: Caller, prefix: str | None, hook_event: str
+) -> HookReply:
+    """Mail as context for the next request: before a prompt (UserPromptSubmit) or after a tool call
+    of a busy session (PostToolUse). The same budget and rules for both."""
     # Budgeted in SQL: a full inbox costs about what an empty one does. One huge message must not
     # hold back the mail behind it (skip_oversized).
     lease = await service.prompt_submit(hook.session_id, prefix, caller.header_name, hooktext.mail_budget())
     if not lease.messages and not lease.remaining:
         return HookReply()
     context = hooktext.mail_context(lease.messages, lease.remaining, lease.oversized)
-    return HookReply(stdout=hooktext.context_output("UserPromptSubmit", context), lease=lease)
+    return HookReply(stdout=hooktext.context_output(hook_event, context), lease=lease)
 
 
 def _peers(views: list[MailboxView], me: str) -> hooktext.Peers:

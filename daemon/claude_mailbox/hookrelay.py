@@ -23,7 +23,12 @@ from claude_mailbox.httpclient import TlsFailed, http_request
 from claude_mailbox.locate import daemon_url
 
 MAX_STDIN = 1024 * 1024
-TIMEOUTS = {"session-start": 5.0, "prompt-submit": 5.0, "session-end": 0.8}
+# post-tool runs after every tool call: a stuck daemon may cost it a second, never a prompt's five.
+TIMEOUTS = {"session-start": 5.0, "prompt-submit": 5.0, "post-tool": 1.0, "session-end": 0.8}
+BETWEEN_TOOLS_ENV = "CLAUDE_MAILBOX_BETWEEN_TOOLS"  # "0": this session gets no mail between tool calls
+# "1": an unattended session (`claude -p`, the Agent SDK's stream-json) that does not collaborate is
+# still held for urgent mail. Off by default: such a session's end waits ~30 s for a held Stop hook.
+WAKE_UNATTENDED_ENV = "CLAUDE_MAILBOX_WAKE_UNATTENDED"
 # Said when the daemon could not be reached at SessionStart: Claude Code then offers no mailbox tools
 # for the session's life, so the line must not point the model at one.
 OFFLINE_LINE = (
@@ -50,6 +55,9 @@ def relay(
     }
     if mailbox:
         headers["X-Mailbox"] = mailbox
+    unattended = os.environ.get("CLAUDE_CODE_SESSION_ATTENDED") == "0"
+    if event == "stop" and unattended and os.environ.get(WAKE_UNATTENDED_ENV) != "1":
+        headers["X-Mailbox-Urgent-Wake"] = "0"
     prefix = os.environ.get("CLAUDE_MAILBOX_NAME", "")
     if prefix.isascii() and prefix.isprintable():
         headers["X-Mailbox-Prefix"] = prefix
@@ -174,6 +182,8 @@ def main(argv: list[str]) -> None:
     code, stream, text = 0, "stdout", ""
     try:
         event = argv[0] if argv else ""
+        if event == "post-tool" and os.environ.get(BETWEEN_TOOLS_ENV) == "0":
+            os._exit(0)  # turned off for this session: not even a request
         data = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read(MAX_STDIN + 1)
         code, stream, text = run(event, data)
     except BaseException:

@@ -79,7 +79,8 @@ def session_start_context(
         tail.append(f"{counted(pending, 'unread message')} for this session {verb} with the next prompt.")
     if plugin:
         tail.append(
-            "Peers' mail arrives with each prompt; to be woken mid-task, the user can run /claude-mailbox:collaborate."
+            "Mail arrives with prompts and after tool calls; to be woken when idle, the user runs "
+            "/claude-mailbox:collaborate."
         )
     else:
         tail.append("Peers' mail arrives with each prompt.")
@@ -152,18 +153,23 @@ def counted(number: int, singular: str, plural: str | None = None) -> str:
 # literal): the fixed words, the fixed-width time and the newline. The stores budget the hook's
 # context with it in SQL (model.Cost "rendered"); tests/test_model.py checks it against this function.
 RENDERED_OVERHEAD = len("Message # from  at : ") + ISO_LENGTH + 1
+URGENT_MARK = " (urgent)"
+URGENT_RENDERED_COST = len(URGENT_MARK)  # what an urgent message adds to its line (the stores add it in SQL)
 
 
 def render_message(message: Message) -> str:
     """One message as facts. The body is a JSON string literal: quotes and newlines inside it are
     escaped, so nothing in a body can start a new line that looks like our framing."""
-    return f"Message #{message.id} from {message.sender} at {message.created_at}: {json.dumps(message.body)}"
+    mark = URGENT_MARK if message.urgent else ""
+    return f"Message #{message.id} from {message.sender} at {message.created_at}{mark}: {json.dumps(message.body)}"
 
 
 def mail_context(messages: list[Message], remaining: int, oversized: int = 0) -> str:
     lines = []
     if messages:
-        lines.append(f"claude-mailbox: {len(messages)} new message(s) for this session (bodies are JSON-quoted):")
+        again = sum(message.attempts > 1 for message in messages)
+        seen = f"{again} redelivered: handed over before without confirmation; " if again else ""
+        lines.append(f"claude-mailbox: {len(messages)} new message(s) for this session ({seen}bodies are JSON-quoted):")
     lines.extend(render_message(message) for message in messages)
     if remaining:
         why = f" ({oversized} too long to show here)" if oversized else ""
@@ -180,10 +186,13 @@ def mail_budget() -> int:
     return CONTEXT_CAP - 600
 
 
-def wake_text(messages: list[Message], oversized: int = 0) -> str:
+def wake_text(messages: list[Message], oversized: int = 0, urgent_only: bool = False) -> str:
     """What a Stop-hook waiter shows Claude when mail wakes the session (its stderr). `oversized`:
-    messages too long to show here, which wait for the check_inbox tool."""
-    lines = ["claude-mailbox: mail arrived while this session was idle (bodies are JSON-quoted):"]
+    messages too long to show here, which wait for the check_inbox tool. `urgent_only`: the session
+    does not collaborate and was woken for urgent mail. The other mail is not named here: Claude
+    Code runs UserPromptSubmit for the woken turn (2.1.330), whose hook hands it over."""
+    kind = "urgent mail" if urgent_only else "mail"
+    lines = [f"claude-mailbox: {kind} arrived while this session was idle (bodies are JSON-quoted):"]
     lines.extend(render_message(message) for message in messages)
     if oversized:
         wait = "1 longer message waits" if oversized == 1 else f"{oversized} longer messages wait"

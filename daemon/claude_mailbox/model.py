@@ -36,6 +36,7 @@ ISO_LENGTH = len("2026-01-01T00:00:00.000Z")  # every created_at is now_iso()'s 
 # list separator, with room for a long attempts count. The stores budget max_bytes with it in SQL,
 # so it must never be less than what to_json really produces (tests/test_model.py checks).
 JSON_OVERHEAD = 120
+URGENT_JSON_COST = len(', "urgent": true')  # what an urgent message adds to its JSON (the stores add it in SQL)
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,14 @@ class Message:
     created_at: str
     delivered_at: str | None = None
     attempts: int = 0  # handed out this many times (a lease that expired gave it back); 0: not handed out
+    urgent: bool = False  # the sender asked for it to reach the recipient at once (it may wake an idle session)
 
     def to_json(self) -> dict[str, Any]:
         """The wire shape (the seed's camelCase); mail handed out before (its lease expired unacknowledged)
         also says so, with its delivery count. Its size is budgeted with JSON_OVERHEAD."""
         data: dict[str, Any] = {"id": self.id, "from": self.sender, "body": self.body, "createdAt": self.created_at}
+        if self.urgent:
+            data["urgent"] = True
         if self.attempts > 1:
             data["redelivered"] = True
             data["attempts"] = self.attempts
@@ -80,6 +84,7 @@ class SendRequest:
     body: str
     max_pending: int | None = None
     idempotency_key: str | None = None
+    urgent: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,8 @@ class LeaseTerms:
     the next read. A first message that alone exceeds the budget is left too (for a reader without
     that limit). With `skip_oversized`, messages that can never fit are stepped over and counted in
     `oversized`. `limit` caps the count. `max_bytes` bounds the JSON answer (the first message is
-    always taken, so paging makes progress)."""
+    always taken, so paging makes progress). `urgent_only` takes only urgent mail (the wake-up of a
+    session that does not collaborate)."""
 
     lease_seconds: float
     budget: int | None = None
@@ -104,6 +110,7 @@ class LeaseTerms:
     limit: int | None = None
     skip_oversized: bool = False
     max_bytes: int | None = None
+    urgent_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,6 +219,7 @@ SCHEMA_STEPS: tuple[SchemaStep, ...] = (
     SchemaStep(3, "delivery", "leases then acknowledgement, kept pending counts, body sizes, idempotency keys"),
     SchemaStep(4, "threads", "the feed's thread view from an index: messages (sender, recipient, id)"),
     SchemaStep(5, "sqlite_imports", "import-sqlite's record of each copied SQLite mailbox", sqlite=False),
+    SchemaStep(6, "urgent", "urgent mail: a flag on the message, in the pending index"),
 )
 
 StoreKind = Literal["sqlite", "postgres"]

@@ -39,10 +39,11 @@ import asyncpg  # ships no type information: see [[tool.mypy.overrides]] in pypr
 from claude_mailbox import rowmap
 from claude_mailbox.config import redact_url, scrub
 from claude_mailbox.errors import LeaseNotFound, MailboxError, MailboxFull, StorageFull, StoreBusy, StoreUnavailable
-from claude_mailbox.hooktext import RENDERED_OVERHEAD
+from claude_mailbox.hooktext import RENDERED_OVERHEAD, URGENT_RENDERED_COST
 from claude_mailbox.model import (
     IDEMPOTENCY_SECONDS,
     JSON_OVERHEAD,
+    URGENT_JSON_COST,
     Cost,
     FeedFilter,
     ImportCounts,
@@ -71,8 +72,10 @@ CHANNEL = "claude_mailbox"
 # length(id::text) here (SQLite's length() takes integers).
 _COSTS: dict[Cost, str] = {
     "chars": "m.chars",
-    "rendered": f"m.quoted + length(m.sender) + length(m.id::text) + {RENDERED_OVERHEAD}",
-    "json": f"m.quoted + length(m.sender) + length(m.id::text) + {JSON_OVERHEAD}",
+    "rendered": (
+        f"m.quoted + length(m.sender) + length(m.id::text) + {RENDERED_OVERHEAD} + {URGENT_RENDERED_COST} * m.urgent"
+    ),
+    "json": f"m.quoted + length(m.sender) + length(m.id::text) + {JSON_OVERHEAD} + {URGENT_JSON_COST} * m.urgent",
 }
 _MIGRATION_LOCK = 0x6D61696C  # pg_advisory_xact_lock key: one daemon migrates at a time
 LISTEN_RETRY_SECONDS = 1.0
@@ -235,6 +238,8 @@ _MIGRATIONS: dict[int, str] = {
         keys INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 6: urgent mail, as SQLite's step 6 (its pending index reads the rows anyway: no index change).
+    6: "ALTER TABLE messages ADD COLUMN IF NOT EXISTS urgent INTEGER NOT NULL DEFAULT 0;",
 }
 SCHEMA_VERSION = latest_schema("postgres")
 # PostgreSQL's own numbering before the shared list: 1 was steps 1-3, 2 added sqlite_imports (step 5)
@@ -491,7 +496,7 @@ class PgStore:
         max_pending, idempotency_key = request.max_pending, request.idempotency_key
         at = now_iso()
         args = (sender, recipient, body, at, len(body), len(json.dumps(body)), max_pending)
-        async with self._tx(transaction=idempotency_key is not None) as conn:
+        async with self._tx(transaction=idempotency_key is not None or request.urgent) as conn:
             if idempotency_key is not None:
                 # Two daemons retrying the same key at once: the second waits, then finds the first.
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{sender}\n{idempotency_key}")
@@ -514,6 +519,8 @@ class PgStore:
                     "it must read some before it can receive more"
                 )
             message_id = int(stored[0])
+            if request.urgent:  # mailbox_send (step 3) predates the flag; same transaction
+                await conn.execute("UPDATE messages SET urgent = 1 WHERE id = $1", message_id)
             if idempotency_key is not None:
                 await conn.execute(
                     "INSERT INTO idempotency (sender, key, message_id, created_at) VALUES ($1, $2, $3, $4)"
@@ -524,7 +531,7 @@ class PgStore:
                     message_id,
                     at,
                 )
-        return Sent(Message(message_id, sender, target, body, at), repeated=False)
+        return Sent(Message(message_id, sender, target, body, at, urgent=request.urgent), repeated=False)
 
     @staticmethod
     async def _pending_count(conn: Any, name: str) -> int:
@@ -557,6 +564,7 @@ class PgStore:
             free = (
                 "FROM messages m WHERE m.recipient = $1 AND m.delivered_at IS NULL"
                 " AND (m.lease_expires IS NULL OR m.lease_expires <= $2)"
+                + (" AND m.urgent = 1" if terms.urgent_only else "")
             )
             lease_id = secrets.token_urlsafe(18)
             expires_at = iso_after(terms.lease_seconds)
@@ -577,7 +585,7 @@ class PgStore:
                     SELECT $3, $1, $4, $2, count(*) FROM chosen HAVING count(*) > 0)
                 UPDATE messages SET lease_id = $3, lease_expires = $4, attempts = attempts + 1
                 WHERE id IN (SELECT id FROM chosen)
-                RETURNING id, sender, body, created_at, attempts
+                RETURNING id, sender, body, created_at, attempts, urgent
                 """,
                 name,
                 at,
@@ -954,8 +962,19 @@ async def _copy_messages(conn: Any, snap: ImportSnapshot) -> dict[int, int]:
     )
     new_ids = sorted(int(row[0]) for row in allocated)
     records = [
-        (new_id, sender, recipient, body, created_at, delivered_at, len(body), len(json.dumps(body)), int(attempts))
-        for new_id, (_, sender, recipient, body, created_at, delivered_at, attempts) in zip(
+        (
+            new_id,
+            sender,
+            recipient,
+            body,
+            created_at,
+            delivered_at,
+            len(body),
+            len(json.dumps(body)),
+            int(attempts),
+            urgent,
+        )
+        for new_id, (_, sender, recipient, body, created_at, delivered_at, attempts, urgent) in zip(
             new_ids, snap.messages, strict=True
         )
     ]
@@ -965,7 +984,18 @@ async def _copy_messages(conn: Any, snap: ImportSnapshot) -> dict[int, int]:
         await conn.copy_records_to_table(
             "messages",
             records=records[start : start + IMPORT_BATCH_ROWS],
-            columns=["id", "sender", "recipient", "body", "created_at", "delivered_at", "chars", "quoted", "attempts"],
+            columns=[
+                "id",
+                "sender",
+                "recipient",
+                "body",
+                "created_at",
+                "delivered_at",
+                "chars",
+                "quoted",
+                "attempts",
+                "urgent",
+            ],
         )
     return {int(row[0]): new_id for row, new_id in zip(snap.messages, new_ids, strict=True)}
 

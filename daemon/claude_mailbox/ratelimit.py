@@ -12,11 +12,16 @@ _MAX_TRACKED_SENDERS = 100_000
 
 class RateLimiter:
     def __init__(
-        self, per_minute: int, message: str = "{key!r} is sending faster than {limit} messages a minute"
+        self,
+        per_minute: int,
+        message: str = "{key!r} is sending faster than {limit} messages a minute",
+        *,
+        window_seconds: float = 60.0,
     ) -> None:
+        """`per_minute` tokens per `window_seconds` (a minute unless told otherwise)."""
         self.message = message  # "{key}" and "{limit}" are filled in
         self.capacity = float(per_minute)
-        self.refill_per_second = per_minute / 60.0
+        self.refill_per_second = per_minute / window_seconds
         self._buckets: dict[str, tuple[float, float]] = {}  # sender -> (tokens, updated at)
 
     def take(self, sender: str) -> None:

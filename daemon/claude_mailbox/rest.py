@@ -107,7 +107,9 @@ async def send(request: web.Request) -> web.Response:
         identity.validate_name(request.headers["X-Mailbox"], "X-Mailbox header")
     schemas.require_fields(schemas.SendRequest, payload)
     key = request.headers.get("Idempotency-Key")
-    sent = await service.send(payload.get("from"), payload["to"], payload["body"], key, _caller(request))
+    sent = await service.send(
+        payload.get("from"), payload["to"], payload["body"], key, _caller(request), payload.get("urgent")
+    )
     message = sent.message
     return web.json_response(
         {"id": message.id, "from": message.sender, "to": message.recipient, "createdAt": message.created_at},
@@ -215,6 +217,7 @@ async def hook(request: web.Request) -> web.StreamResponse:
             _caller(request),
             request.headers.get("X-Mailbox-Prefix") or None,
             _connected(request),
+            urgent_wake=request.headers.get("X-Mailbox-Urgent-Wake") != "0",
         )
         stream = "stderr" if reply.stderr else "stdout"
         headers = {"X-Hook-Stream": stream, "X-Hook-Exit": str(reply.exit_code)}

@@ -158,8 +158,9 @@ OPERATIONS = (
         "/v1/hooks/{event}",
         "post",
         "hook",
-        "Claude Code's hooks relay their stdin here and print the answer (hooks/hook.py). The stop "
-        "event holds the answer until mail arrives while the session collaborates.",
+        "Claude Code's hooks relay their stdin here and print the answer (hooks/hook.py). prompt-submit "
+        "and post-tool (after each tool call) hand out unread mail as context; the stop event holds the "
+        "answer until mail arrives (only urgent mail when the session does not collaborate).",
         "text/plain",
         body=schemas.HookInput,
         headers=(
@@ -170,6 +171,12 @@ OPERATIONS = (
             ),
             openapi.header(
                 "X-Mailbox-Ack", False, "manual: the relay acknowledges the mail it printed.", {"enum": ["manual"]}
+            ),
+            openapi.header(
+                "X-Mailbox-Urgent-Wake",
+                False,
+                "0: the stop event of a session that does not collaborate does not wait for urgent mail.",
+                {"enum": ["0"]},
             ),
         ),
         errors=(*openapi.POST_ERRORS, 404),

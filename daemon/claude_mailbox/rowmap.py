@@ -9,7 +9,7 @@ from typing import Any
 
 from claude_mailbox.model import Mailbox, Message, Session
 
-MESSAGE_COLUMNS = "id, sender, recipient, body, created_at, delivered_at"
+MESSAGE_COLUMNS = "id, sender, recipient, body, created_at, delivered_at, urgent"
 SESSION_COLUMNS = (
     "session_id, mailbox, claude_pid, pid_started, cwd, project_dir, source, started_at, ended_at, collaborate"
 )
@@ -17,14 +17,14 @@ SESSION_COLUMNS = (
 
 def message(row: Sequence[Any]) -> Message:
     """A row of MESSAGE_COLUMNS."""
-    message_id, sender, recipient, body, created_at, delivered_at = row
-    return Message(int(message_id), sender, recipient, body, created_at, delivered_at)
+    message_id, sender, recipient, body, created_at, delivered_at, urgent = row
+    return Message(int(message_id), sender, recipient, body, created_at, delivered_at, urgent=bool(urgent))
 
 
 def leased(row: Sequence[Any], mailbox: str) -> Message:
-    """A message just leased to `mailbox`: a row of (id, sender, body, created_at, attempts)."""
-    message_id, sender, body, created_at, attempts = row
-    return Message(int(message_id), sender, mailbox, body, created_at, None, int(attempts))
+    """A message just leased to `mailbox`: a row of (id, sender, body, created_at, attempts, urgent)."""
+    message_id, sender, body, created_at, attempts, urgent = row
+    return Message(int(message_id), sender, mailbox, body, created_at, None, int(attempts), bool(urgent))
 
 
 def session(row: Sequence[Any]) -> Session:

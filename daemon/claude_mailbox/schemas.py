@@ -66,6 +66,7 @@ Message = TypedDict(
         "createdAt": Time,
         "redelivered": NotRequired[Annotated[bool, Json("Handed out before; its lease expired unacknowledged.")]],
         "attempts": NotRequired[int],
+        "urgent": NotRequired[bool],
     },
 )
 
@@ -111,6 +112,7 @@ SendRequest = TypedDict(
                 Json("The sender; default (also null or empty): X-Mailbox.", pattern=identity.OPTIONAL_NAME_REGEX),
             ]
         ],
+        "urgent": NotRequired[Annotated[bool, Json("Deliver at once: between tool calls, or wake an idle session.")]],
     },
 )
 
@@ -257,6 +259,7 @@ FeedMessage = TypedDict(
         "createdAt": Time,
         "deliveredAt": Time | None,
         "read": bool,
+        "urgent": NotRequired[bool],
     },
 )
 
@@ -268,7 +271,7 @@ class FeedResponse(TypedDict):
 
 def feed_json(message: Any) -> FeedMessage:
     """A message as people see it (GET /v1/feed): both ends, and whether its recipient has read it."""
-    return {
+    shown: FeedMessage = {
         "id": message.id,
         "from": message.sender,
         "to": message.recipient,
@@ -277,6 +280,9 @@ def feed_json(message: Any) -> FeedMessage:
         "deliveredAt": message.delivered_at,
         "read": message.delivered_at is not None,
     }
+    if message.urgent:
+        shown["urgent"] = True
+    return shown
 
 
 class Health(TypedDict):
@@ -317,6 +323,7 @@ SendArguments = TypedDict(
                 ),
             ]
         ],
+        "urgent": NotRequired[Annotated[bool, Json("Only for what cannot wait: wakes an idle recipient.")]],
     },
 )
 

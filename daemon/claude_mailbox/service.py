@@ -102,6 +102,7 @@ class WatchResult:
     messages: list[Message]
     new_name: str | None = None
     lease: Lease | None = None  # the mail's lease: acknowledged once the answer is written
+    urgent_only: bool = False  # a Stop waiter of a session that does not collaborate: woken for urgent mail
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,12 @@ class MailboxService:
         self.config = config
         self.waiters = WaiterRegistry()
         self.rate_limiter = RateLimiter(config.rate_limit_per_minute)
+        # Urgent mail may wake an idle session (a turn spent): a sender gets few of them.
+        self.urgent_limiter = RateLimiter(
+            config.urgent_per_hour,
+            "{key!r} sends more than {limit} urgent messages an hour; send this one without urgent, or later",
+            window_seconds=3600.0,
+        )
         # More for /health from the server (caps in use, the last integrity check): name -> value.
         self.reporters: list[Callable[[], dict[str, Any]]] = []
         self._executor = DbThread("mailbox-db")
@@ -243,20 +250,32 @@ class MailboxService:
     # --- the four operations ----------------------------------------------------------------
 
     async def send(
-        self, sender: object, to: object, body: object, idempotency_key: object = None, caller: Caller | None = None
+        self,
+        sender: object,
+        to: object,
+        body: object,
+        idempotency_key: object = None,
+        caller: Caller | None = None,
+        urgent: object = None,
     ) -> Sent:
         """Store a message from `sender` (else the caller's own mailbox, see resolve_caller); a repeat
-        of an idempotency key (same sender, 24 h) answers the original."""
+        of an idempotency key (same sender, 24 h) answers the original. `urgent`: it may wake an idle
+        recipient (urgent_per_hour per sender)."""
         sender = await self.resolve_caller(sender, caller or Caller(), "from")
         recipient = identity.validate_name(to, "to")
         text = validate_body(body, self.config.max_body_bytes)
         key = validate_idempotency_key(idempotency_key)
+        if urgent is not None and not isinstance(urgent, bool):
+            raise InvalidInput("urgent must be true or false")
         self.rate_limiter.take(sender)
+        if urgent:
+            self.urgent_limiter.take(sender)
         # An answer that just handed this inbox's mail out is acknowledged right after it is written:
         # the pending cap must count after that, as reads do (a send right after a check).
         await self._after_settling(recipient)
         limit = self.config.max_pending_per_mailbox
-        sent = await self.store.send(SendRequest(sender, recipient, text, max_pending=limit, idempotency_key=key))
+        request = SendRequest(sender, recipient, text, max_pending=limit, idempotency_key=key, urgent=bool(urgent))
+        sent = await self.store.send(request)
         if not sent.repeated:
             self.waiters.notify(sent.message.recipient, Wake("mail"))
         return sent
@@ -269,6 +288,7 @@ class MailboxService:
         cost: Cost = "chars",
         skip_oversized: bool = False,
         expansion: int = 1,
+        urgent_only: bool = False,
     ) -> Lease:
         """Hand pending mail out under a lease (lease_seconds); every answer stays within
         max_response_bytes (`expansion`: how many times the answer repeats or re-escapes the mail).
@@ -277,7 +297,9 @@ class MailboxService:
         await self._after_settling(name)
         seconds = self.config.lease_seconds
         max_bytes = (self.config.max_response_bytes - RESPONSE_MARGIN) // expansion
-        terms = LeaseTerms(seconds, budget, cost, skip_oversized=skip_oversized, max_bytes=max_bytes)
+        terms = LeaseTerms(
+            seconds, budget, cost, skip_oversized=skip_oversized, max_bytes=max_bytes, urgent_only=urgent_only
+        )
         lease = await self.store.lease(name, terms)
         if lease.id is not None:
             # If it is never acknowledged, its mail comes back: wake whoever waits for it then.
@@ -434,10 +456,12 @@ class MailboxService:
         still_connected: Callable[[], bool],
         budget: int | None,
         told_oversized: int | None = None,
+        urgent_only: bool = False,
     ) -> WatchResult:
         """One long-poll on a registered waiter, until `deadline` (monotonic). `told_oversized` (the
         Stop hook): mail over `budget` is stepped over, and a message over it with a larger id than
-        this wakes the waiter too, to be told of (a long message must not hold back the wake-up)."""
+        this wakes the waiter too, to be told of (a long message must not hold back the wake-up).
+        `urgent_only`: only urgent mail ends it (and only urgent mail is taken)."""
         name = waiter.mailbox
         skip = told_oversized is not None
         while True:
@@ -445,9 +469,10 @@ class MailboxService:
             if target:
                 return WatchResult("renamed", [], target)
             if still_connected():
-                lease = await self.take(name, budget, cost="rendered" if budget else "chars", skip_oversized=skip)
+                cost: Cost = "rendered" if budget else "chars"
+                lease = await self.take(name, budget, cost=cost, skip_oversized=skip, urgent_only=urgent_only)
                 if lease.messages or lease.newest_oversized > (told_oversized or 0):
-                    return WatchResult("mail", lease.messages, lease=lease)
+                    return WatchResult("mail", lease.messages, lease=lease, urgent_only=urgent_only)
             wake = await _next_wake(waiter, deadline, still_connected)
             if wake is None:
                 return WatchResult("timeout", [])
@@ -535,12 +560,16 @@ class MailboxService:
         if ended is not None:
             self.waiters.stop_exclusive(f"stop:{ended.session_id}")
 
-    async def stop_wait(self, session_id: str, still_connected: Callable[[], bool], budget: int) -> WatchResult | None:
-        """The asyncRewake Stop hook: in collaboration mode, hold until mail arrives and return it
-        (under its lease). Otherwise, or when the wait ends without mail, None."""
+    async def stop_wait(
+        self, session_id: str, still_connected: Callable[[], bool], budget: int, urgent_wake: bool = True
+    ) -> WatchResult | None:
+        """The asyncRewake Stop hook: hold until mail arrives and return it (under its lease): any mail
+        in collaboration mode, else only urgent mail (an idle session spends no turn on the rest).
+        None when the wait ends without mail. `urgent_wake=False`: without collaboration, no wait."""
         session = await self.store.session(session_id)
-        if session is None or not session.collaborate or session.ended_at:
+        if session is None or session.ended_at or not (session.collaborate or urgent_wake):
             return None
+        urgent_only = not session.collaborate
         pid, started = session.claude_pid, session.pid_started
 
         def deliverable() -> bool:
@@ -552,7 +581,7 @@ class MailboxService:
             while True:
                 deadline = time.monotonic() + STOP_RECHECK_SECONDS
                 told = self._told_oversized.get(session.mailbox, 0)
-                result = await self._wait(waiter, deadline, deliverable, budget, told)
+                result = await self._wait(waiter, deadline, deliverable, budget, told, urgent_only)
                 if result.event == "mail":
                     # Mail too long for the wake-up is told of once; it waits for check_inbox.
                     newest = result.lease.newest_oversized if result.lease else 0

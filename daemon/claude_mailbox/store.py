@@ -35,10 +35,11 @@ from claude_mailbox.errors import (
     StoreBusy,
     StoreUnavailable,
 )
-from claude_mailbox.hooktext import RENDERED_OVERHEAD
+from claude_mailbox.hooktext import RENDERED_OVERHEAD, URGENT_RENDERED_COST
 from claude_mailbox.model import (
     IDEMPOTENCY_SECONDS,
     JSON_OVERHEAD,
+    URGENT_JSON_COST,
     Cost,
     FeedFilter,
     ImportMarker,
@@ -63,8 +64,8 @@ from claude_mailbox.model import (
 # the per-message overheads are defined next to the text they measure.
 _COST_SQL: dict[Cost, str] = {
     "chars": "m.chars",
-    "rendered": f"m.quoted + length(m.sender) + length(m.id) + {RENDERED_OVERHEAD}",
-    "json": f"m.quoted + length(m.sender) + length(m.id) + {JSON_OVERHEAD}",
+    "rendered": f"m.quoted + length(m.sender) + length(m.id) + {RENDERED_OVERHEAD} + {URGENT_RENDERED_COST} * m.urgent",
+    "json": f"m.quoted + length(m.sender) + length(m.id) + {JSON_OVERHEAD} + {URGENT_JSON_COST} * m.urgent",
 }
 _M_COLUMNS = ", ".join(f"m.{column}" for column in rowmap.MESSAGE_COLUMNS.split(", "))  # joined with another table
 
@@ -197,12 +198,27 @@ def _migration_4_threads(db: apsw.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS messages_thread ON messages (sender, recipient, id)")
 
 
+def _migration_6_urgent(db: apsw.Connection) -> None:
+    """Urgent mail: a flag on the message, kept in the pending index (the hook budgets read it there)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+    if "urgent" not in columns:
+        db.execute("ALTER TABLE messages ADD COLUMN urgent INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        """
+        DROP INDEX IF EXISTS messages_pending;
+        CREATE INDEX messages_pending ON messages (recipient, id, chars, quoted, sender, urgent)
+            WHERE delivered_at IS NULL;
+        """
+    )
+
+
 # model.SCHEMA_STEPS that SQLite takes, in order (tests/test_schema.py checks the names match).
 MIGRATIONS: list[Callable[[apsw.Connection], None]] = [
     _migration_1_messages,
     _migration_2_sessions,
     _migration_3_delivery,
     _migration_4_threads,
+    _migration_6_urgent,
 ]
 _STEPS = dict(zip((step.version for step in schema_steps("sqlite")), MIGRATIONS, strict=True))
 SCHEMA_VERSION = latest_schema("sqlite")
@@ -513,16 +529,16 @@ class Store:
                 self._ensure(db, target, at)
             row = _rows(
                 db,
-                "INSERT INTO messages (sender, recipient, body, created_at, chars, quoted) VALUES (?, ?, ?, ?, ?, ?)"
-                " RETURNING id",
-                (sender, target, body, at, len(body), len(json.dumps(body))),
+                "INSERT INTO messages (sender, recipient, body, created_at, chars, quoted, urgent)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (sender, target, body, at, len(body), len(json.dumps(body)), int(request.urgent)),
             )
             if idempotency_key is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO idempotency (sender, key, message_id, created_at) VALUES (?, ?, ?, ?)",
                     (sender, idempotency_key, row[0][0], at),
                 )
-        return Sent(Message(row[0][0], sender, target, body, at), repeated=False)
+        return Sent(Message(row[0][0], sender, target, body, at, urgent=request.urgent), repeated=False)
 
     def _idempotent_original(self, db: apsw.Connection, sender: str, key: str) -> Message | None:
         # Keys older than the window are forgotten here (an index range, usually empty): no timer needed.
@@ -558,6 +574,7 @@ class Store:
                 "FROM messages m INDEXED BY messages_pending"
                 " WHERE m.recipient = :name AND m.delivered_at IS NULL AND NOT EXISTS"
                 " (SELECT 1 FROM inflight f WHERE f.message_id = m.id AND f.lease_id IS NOT NULL)"
+                + (" AND m.urgent = 1" if terms.urgent_only else "")
             )
             bindings = {"name": name, "budget": budget}
             chosen: list[int] = []
@@ -594,7 +611,7 @@ class Store:
                 [(message_id, lease_id) for message_id in chosen],
             )
             rows: list[Any] = db.execute(
-                "SELECT m.id, m.sender, m.body, m.created_at, f.attempts FROM inflight f"
+                "SELECT m.id, m.sender, m.body, m.created_at, f.attempts, m.urgent FROM inflight f"
                 " JOIN messages m ON m.id = f.message_id WHERE f.lease_id = ? ORDER BY m.id",
                 (lease_id,),
             ).fetchall()
@@ -963,8 +980,8 @@ class ImportFile:
                 # Attempts survive, leases do not: mail under a lease is pending again, as after its expiry.
                 messages=_rows(
                     db,
-                    "SELECT m.id, m.sender, m.recipient, m.body, m.created_at, m.delivered_at, coalesce(f.attempts, 0)"
-                    " FROM messages m LEFT JOIN inflight f ON f.message_id = m.id ORDER BY m.id",
+                    "SELECT m.id, m.sender, m.recipient, m.body, m.created_at, m.delivered_at, coalesce(f.attempts, 0),"
+                    " m.urgent FROM messages m LEFT JOIN inflight f ON f.message_id = m.id ORDER BY m.id",
                 ),
                 keys=_rows(
                     db,

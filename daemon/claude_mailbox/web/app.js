@@ -99,6 +99,7 @@ function messageItem(message) {
   const head = element("div", "head");
   const time = new Date(message.createdAt);
   head.append(element("span", "", message.from + " → " + message.to + " · " + time.toLocaleString()));
+  if (message.urgent) head.append(element("span", "urgent", "urgent"));
   head.append(element("span", "state " + (message.read ? "read" : "pending"), message.read ? "read" : "unread"));
   item.append(head, element("div", "body", message.body));
   return item;
