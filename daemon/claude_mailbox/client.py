@@ -43,7 +43,11 @@ class MailboxClient:
         if method == "POST":
             all_headers["Content-Type"] = "application/json"
             body = json.dumps(payload or {}).encode("utf-8")
-        response = http_request(self.url, method, path, body=body, headers=all_headers, timeout=timeout or self.timeout)
+        # /health carries no token, but a client holding one asks the listener to prove it holds it too.
+        prove = self._token() if path == "/health" else None
+        response = http_request(
+            self.url, method, path, body=body, headers=all_headers, timeout=timeout or self.timeout, prove=prove
+        )
         try:
             data = json.loads(response.body) if response.body else None
         except ValueError:
@@ -55,10 +59,13 @@ class MailboxClient:
     def _auth(self, path: str) -> dict[str, str]:
         if path == "/health":  # open: probes need no token
             return {}
-        token = self.token
-        if token is None:  # not cached while missing: a daemon starting now writes it
-            token = self.token = auth.read_token()
+        token = self._token()
         return {"Authorization": f"{auth.SCHEME} {token}"} if token else {}
+
+    def _token(self) -> str | None:
+        if self.token is None:  # not cached while missing: a daemon starting now writes it
+            self.token = auth.read_token()
+        return self.token
 
     def health(self) -> dict[str, Any]:
         data = self.call("GET", "/health")

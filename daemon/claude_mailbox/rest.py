@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from claude_mailbox import __version__, hookapi, identity, schemas
+from claude_mailbox import __version__, auth, hookapi, identity, schemas
 from claude_mailbox.errors import InvalidInput, NotFound
 from claude_mailbox.model import FeedFilter
 from claude_mailbox.schemas import mailbox_json
@@ -75,12 +75,21 @@ def _connected(request: web.Request) -> Callable[[], bool]:
     return lambda: request.transport is not None and not request.transport.is_closing()
 
 
+PROOF_TOKEN = web.AppKey("proof_token", str)  # what /health proves it holds: the token, or "" for none
+
+
 # --- routes ------------------------------------------------------------------------------------
 
 
 async def health(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    return web.json_response({"status": "ok", "version": __version__, **service.info()})
+    response = web.json_response({"status": "ok", "version": __version__, **service.info()})
+    nonce, token = request.headers.get(auth.CHALLENGE_HEADER), request.app.get(PROOF_TOKEN)
+    if nonce is not None and token:
+        if not auth.well_formed_nonce(nonce):
+            raise InvalidInput(f"{auth.CHALLENGE_HEADER} must be 32 to 128 lowercase hex digits")
+        response.headers[auth.PROOF_HEADER] = auth.proof(token, nonce)  # issue 20.1: clients check it first
+    return response
 
 
 async def send(request: web.Request) -> web.Response:
