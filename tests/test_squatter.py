@@ -1,7 +1,7 @@
 """Issue 20.1: no client sends the token to a listener that is not this user's daemon. A squatter,
 run as another Unix user, binds the daemon's port while the daemon is stopped, answers like a
 daemon (status ok, a version header, a made-up proof) and records every byte it is sent. The hooks,
-the CLI, `status`, the doctor and the MCP headersHelper run against it: none sends the token, and
+the CLI, `status`, `open` and the MCP headersHelper run against it: none sends the token, and
 each says another program holds the port."""
 
 from __future__ import annotations
@@ -162,9 +162,6 @@ def test_no_client_sends_the_token_to_a_squatter(squatter: Squatter, tmp_path: P
     assert headers.returncode == 0, headers
     assert "Authorization" not in headers.stdout and "X-Mailbox-Claude-Pid" in json.loads(headers.stdout)
     assert "another program" in headers.stderr, headers
-
-    doctor = run_cli("doctor", "--json", env=env, timeout=300)
-    assert held in doctor.stdout and "cannot prove it holds" in doctor.stdout, doctor
 
     received = squatter.received()
     assert len(received) >= 6, received  # every client did reach it
