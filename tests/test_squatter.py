@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from harness import REPO, base_env, free_port, run_cli
 
 SQUATTER_USER = "mailbox-squatter"
@@ -128,7 +129,12 @@ def _home(tmp_path: Path) -> Path:
 
 def _hook(event: str, env: dict[str, str], stdin: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(REPO / "hooks" / "run"), event], input=json.dumps(stdin), env=env, capture_output=True, text=True, timeout=60
+        [str(REPO / "hooks" / "run"), event],
+        input=json.dumps(stdin),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

@@ -24,9 +24,7 @@ def headers_helper() -> str:
     _listening_daemon(url)
     token = auth.read_token()  # after the start above: a first start creates it
     if token:  # printed for Claude Code to send: only once the listener proved it holds it (issue 20.1)
-        from claude_mailbox.httpclient import http_request
-
-        from claude_mailbox.httpclient import NotOurDaemon
+        from claude_mailbox.httpclient import NotOurDaemon, http_request
 
         try:
             http_request(url, "GET", "/health", prove=token, timeout=3.0)
