@@ -283,9 +283,9 @@ def test_status_shows_the_mode_and_the_token_path(guarded: Daemon) -> None:
     assert f"auth       token ({guarded.home / 'token'})" in status.stdout, status.stdout
     data = json.loads(run_cli("status", "--json", env=guarded.env()).stdout)
     assert data["auth"]["mode"] == "token" and data["auth"]["tokenPath"] == str(guarded.home / "token")
-    # With a token the daemon refuses, status still answers and says so.
+    # With a token the daemon cannot prove it holds, status sends it nothing and says so (issue 20.1).
     refused = run_cli("status", env={**guarded.env(), auth.TOKEN_ENV: "0" * 64})
-    assert refused.returncode == 0 and "refused: the token sent is not this daemon's" in refused.stdout, refused
+    assert "cannot prove it holds this user's token" in refused.stdout, refused
     # Another machine with the token only in $CLAUDE_MAILBOX_TOKEN: status says MCP will not have it
     # (Claude Code keeps variables named like secrets from the headersHelper), and where to put it.
     elsewhere = guarded.home.parent / "laptop-home"

@@ -379,7 +379,7 @@ def test_status_and_the_doctor_name_another_program_on_the_port(mailbox_home: Pa
         shown = run_cli("status", "--json", env=base_env(mailbox_home, CLAUDE_MAILBOX_URL=url))
         assert shown.returncode == 2
         holder = json.loads(shown.stdout)["portHolder"]
-        assert f"port {port} is held by another program (pid {me.pid}, {json.dumps(me.name())})" in holder
+        assert f"port {port} is held by another program (pid {me.pid}, {json.dumps(me.name())}" in holder
         assert "not claude-mailbox" in holder and "CLAUDE_MAILBOX_URL=http://127.0.0.1:N" in holder
         text = run_cli("status", env=base_env(mailbox_home, CLAUDE_MAILBOX_URL=url)).stdout
         assert f"daemon     Stopped  port {port} is held by another program (pid {me.pid}" in text
