@@ -85,7 +85,7 @@ def http_request(
 
     A request that carries a Bearer token, or names one in `prove`, first asks the listener to prove
     it holds that token (auth.proof) on the same connection, and sends nothing more to one that cannot
-    (NotOurDaemon). A request to /health carries the challenge itself."""
+    unless its socket is this uid's (NotOurDaemon). A request to /health carries the challenge itself."""
     endpoint = Endpoint.parse(url)
     if not path.startswith("/") or not _header_safe(path) or " " in path:
         raise MailboxError(f"refusing to request {path!r}: the path must be quoted")
@@ -120,9 +120,12 @@ def http_request(
             if challenge:
                 sock.sendall(challenge)
                 answer, leftover = _read_one(sock, url)
-                _check_proof(answer, token or "", nonce, url)
+                _check_proof(answer, token or "", nonce, url, sock)
             sock.sendall(request)
             raw = leftover + _read_all(sock)
+            response = _parse_response(raw, url)
+            if token and not challenge:
+                _check_proof(response, token, nonce, url, sock)
         finally:
             sock.close()
     except ConnectionRefusedError:
@@ -131,19 +134,33 @@ def http_request(
         raise TimedOut(f"the mailbox daemon at {url} is not answering (timed out)") from None
     except OSError as exc:  # reset, no route, response too large, a certificate that does not verify
         raise DaemonUnreachable(f"the mailbox daemon at {url} is not answering ({_reason(exc)})") from None
-    response = _parse_response(raw, url)
-    if token and not challenge:
-        _check_proof(response, token, nonce, url)
     return response
 
 
-def _check_proof(response: Response, token: str, nonce: str, url: str) -> None:
-    if not auth.proven(token, nonce, response.headers.get(auth.PROOF_HEADER.lower())):
+def _check_proof(response: Response, token: str, nonce: str, url: str, sock: _socket.socket) -> None:
+    """Is the listener this user's? It proved it holds the token, or (where the owner can be read)
+    its socket is this uid's: the same user can read the token file anyway, the threat is another
+    user. That also lets the hooks of a newer plugin reach a running 0.2.1 daemon, which answers no
+    challenge, and update it (SessionStart's version sync)."""
+    if auth.proven(token, nonce, response.headers.get(auth.PROOF_HEADER.lower())):
+        return
+    if not _same_user(sock):
         raise NotOurDaemon(
             f"the program listening at {url} is not this user's mailbox daemon (it cannot prove it holds the token "
             f"this client has: ${auth.TOKEN_ENV}, else the data dir's token file), so nothing was sent to it: "
-            "another program, or a daemon of another data dir, holds the port"
+            "another program, run by another user, holds the port"
         )
+
+
+def _same_user(sock: _socket.socket) -> bool:
+    """Is the server's end of this connection owned by this uid? False where that cannot be read
+    (not Linux, a remote daemon): there only the proof counts. Rare (a failed proof): may import more."""
+    try:
+        from claude_mailbox.portholder import connection_uid
+
+        return connection_uid(sock.getsockname(), sock.getpeername()) == os.getuid()
+    except Exception:  # no os.getuid (Windows), an unreadable table: unknown
+        return False
 
 
 def _read_one(sock: _socket.socket, url: str) -> tuple[Response, bytes]:
