@@ -250,7 +250,9 @@ def test_doctor_sets_everything_up_then_changes_nothing(plugin: Plugin) -> None:
         (f"My-App-{session[:8]}", "alive", 0)
     ]
 
-    # 6. Another data dir's daemon on the port: named, not taken over, not counted as ours.
+    # 6. Another data dir's daemon on the port: named, not taken over, not counted as ours. It cannot
+    #    prove it holds this data dir's token, but its socket is this user's, so the doctor reads its
+    #    /health (issue 20.1: only another uid must prove) and names the database it serves.
     other_home = plugin.tmp / "someone else"
     other_home.mkdir()
     other = start_daemon(other_home)
