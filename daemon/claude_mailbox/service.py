@@ -173,6 +173,8 @@ class MailboxService:
         self._settling: dict[str, dict[str, asyncio.Event]] = {}
         self._background: set[asyncio.Task[None]] = set()  # kept referenced until done
         self._held: dict[str, HeldLease] = {}  # lease id -> a written MCP answer's lease awaiting its reader
+        self._writing: set[str] = set()  # reader leases whose answer is still being written
+        self._due: set[str] = set()  # ... of those, the ones whose end came first: decided once written
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -310,13 +312,16 @@ class MailboxService:
         if started is None:
             return
         delivery.reader[lease.id] = (delivery.reader_pid, started)
+        self._writing.add(lease.id)
         decide_in = max(seconds / 2, seconds - HELD_DECISION_MARGIN)
         asyncio.get_running_loop().call_later(decide_in, self._held_lease_ends, lease.id)
 
     def _held_lease_ends(self, lease_id: str) -> None:
         held = self._held.pop(lease_id, None)
         if held is None:
-            return  # confirmed by a next request, or never written (given back then)
+            if lease_id in self._writing:  # a slow write: decide as soon as it is done
+                self._due.add(lease_id)
+            return  # else confirmed by a next request, or never written (given back then)
         alive = liveness.is_alive(held.pid, held.started)
         self._in_background(self._settle(held.lease, written=alive))
 
@@ -374,11 +379,18 @@ class MailboxService:
         if delivery.manual and delivery.written:
             return  # the reader acknowledges what it got
         for lease in delivery.leases:
-            reader = delivery.reader.get(lease.id or "")
+            lease_id = lease.id or ""
+            reader = delivery.reader.get(lease_id)
+            self._writing.discard(lease_id)
             if reader is not None and delivery.written:
-                self._held[lease.id or ""] = HeldLease(lease, *reader)
+                if lease_id in self._due:  # its end came while it was being written
+                    self._due.discard(lease_id)
+                    await self._settle(lease, written=liveness.is_alive(*reader))
+                    continue
+                self._held[lease_id] = HeldLease(lease, *reader)
                 self._settled(lease)  # reads go on: the mail stays under its lease meanwhile
                 continue
+            self._due.discard(lease_id)
             await self._settle(lease, written=delivery.written)
 
     def _settle_later(self, lease: Lease) -> None:
