@@ -156,7 +156,7 @@ def _same_user(sock: _socket.socket) -> bool:
     """Is the server's end of this connection owned by this uid? False where that cannot be read
     (not Linux, a remote daemon): there only the proof counts. Rare (a failed proof): may import more."""
     try:
-        from claude_mailbox.portholder import connection_uid
+        from claude_mailbox.sockowner import connection_uid
 
         return connection_uid(sock.getsockname(), sock.getpeername()) == os.getuid()
     except Exception:  # no os.getuid (Windows), an unreadable table: unknown
