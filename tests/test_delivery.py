@@ -426,3 +426,144 @@ def test_an_inbox_of_10000_x_64_kib_is_drained_by_check_completely_and_exactly_o
         assert lease_count(daemon) == 0
     finally:
         daemon.stop()
+
+
+# --- MCP check_inbox to a Claude Code process: exactly-once (issue 20.3) --------------------------------------
+
+# A reader that sends the call, never reads the answer and waits to be killed (the issue's attack: the
+# answer is written into its socket, then the process dies).
+MCP_READER = """
+import socket, sys, time
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+sock.sendall(sys.stdin.buffer.read())
+time.sleep(60)
+"""
+
+
+def _mcp_check_call(daemon: Daemon, claude_pid: int) -> bytes:
+    call = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "check_inbox", "arguments": {}}}
+    ).encode()
+    return post(
+        daemon,
+        "/mcp",
+        call,
+        **{
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2025-06-18",
+            "X-Mailbox-Claude-Pid": str(claude_pid),  # what the plugin's headersHelper sends
+        },
+    )
+
+
+def _registered_session(daemon: Daemon, claude: subprocess.Popen[bytes]) -> str:
+    """A session registered as the SessionStart hook does (session id + Claude Code pid): its MCP
+    calls then carry only the pid. Returns its mailbox name."""
+    session = "5e55104b-0000-4000-8000-000000000203"
+    reply = request(
+        daemon.url,
+        "POST",
+        "/v1/hooks/session-start",
+        json_body={"session_id": session, "cwd": str(REPO), "hook_event_name": "SessionStart", "source": "startup"},
+        headers={"X-Mailbox-Claude-Pid": str(claude.pid)},
+    )
+    assert reply.status == 200, reply.body
+    return f"claude-{session[:8]}"
+
+
+def _reader_killed_after_its_answer(daemon: Daemon, claude: subprocess.Popen[bytes], name: str) -> None:
+    reader = subprocess.Popen(
+        [sys.executable, "-c", MCP_READER, str(daemon.port)], stdin=subprocess.PIPE, env=daemon.env()
+    )
+    try:
+        assert reader.stdin is not None
+        reader.stdin.write(_mcp_check_call(daemon, claude.pid))
+        reader.stdin.close()
+        deadline = time.monotonic() + 20
+        # Answered: its lease is open, or (acknowledged once written, as before issue 20.3) already gone.
+        while lease_count(daemon) == 0 and request(daemon.url, "GET", f"/v1/peek?name={name}").json["pending"]:
+            assert time.monotonic() < deadline, "the daemon never answered the reader"
+            time.sleep(0.02)
+        time.sleep(0.15)  # the answer is in the reader's socket, unread
+        assert reader.poll() is None
+    finally:
+        reader.kill()
+        reader.wait()
+
+
+@pytest.fixture
+def claude_process() -> Iterator[subprocess.Popen[bytes]]:
+    """Stands in for the Claude Code process whose pid the reader's requests carry."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_mcp_answer_to_a_claude_code_that_died_comes_back_redelivered(
+    short: Daemon, claude_process: subprocess.Popen[bytes]
+) -> None:
+    name = _registered_session(short, claude_process)
+    ids = fill(short, name, 3)
+    _reader_killed_after_its_answer(short, claude_process, name)
+    claude_process.kill()  # Claude Code crashed with the answer unread
+    claude_process.wait()
+    assert_back_in_order(short, name, ids, redelivered=True)  # delivered again on resume
+
+
+def test_mcp_answer_to_a_claude_code_still_alive_is_delivered_once(
+    short: Daemon, claude_process: subprocess.Popen[bytes]
+) -> None:
+    name = _registered_session(short, claude_process)
+    fill(short, name, 3)
+    _reader_killed_after_its_answer(short, claude_process, name)  # its connection died, its process did not
+    assert lease_count(short) == 1  # held until the lease ends
+    time.sleep(BACK_AFTER)
+    assert lease_count(short) == 0
+    assert request(short.url, "GET", f"/v1/peek?name={name}").json["pending"] == 0
+    assert drain(short, name) == []
+
+
+def test_the_next_mcp_request_of_the_same_claude_code_acknowledges_at_once(
+    short: Daemon, claude_process: subprocess.Popen[bytes]
+) -> None:
+    name = _registered_session(short, claude_process)
+    ids = fill(short, name, 3)
+    first = request(
+        short.url,
+        "POST",
+        "/mcp",
+        json_body={
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "check_inbox", "arguments": {}},
+        },
+        headers={
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2025-06-18",
+            "X-Mailbox-Claude-Pid": str(claude_process.pid),
+        },
+    )
+    assert [m["id"] for m in first.json["result"]["structuredContent"]["messages"]] == ids
+    assert lease_count(short) == 1  # written, but not yet shown to have reached the session
+    ping = request(
+        short.url,
+        "POST",
+        "/mcp",
+        json_body={"jsonrpc": "2.0", "id": 2, "method": "ping"},
+        headers={
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2025-06-18",
+            "X-Mailbox-Claude-Pid": str(claude_process.pid),
+        },
+    )
+    assert ping.status == 200, ping.body
+    assert lease_count(short) == 0  # acknowledged by that request, not at the lease's end
+    assert request(short.url, "GET", f"/v1/peek?name={name}").json["pending"] == 0
+    claude_process.kill()  # dying now changes nothing: the mail was confirmed
+    claude_process.wait()
+    time.sleep(BACK_AFTER)
+    assert drain(short, name) == []

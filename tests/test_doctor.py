@@ -250,7 +250,9 @@ def test_doctor_sets_everything_up_then_changes_nothing(plugin: Plugin) -> None:
         (f"My-App-{session[:8]}", "alive", 0)
     ]
 
-    # 6. Another data dir's daemon on the port: named, not taken over, not counted as ours.
+    # 6. Another data dir's daemon on the port: named, not taken over, not counted as ours. It cannot
+    #    prove it holds this data dir's token, but its socket is this user's, so the doctor reads its
+    #    /health (issue 20.1: only another uid must prove) and names the database it serves.
     other_home = plugin.tmp / "someone else"
     other_home.mkdir()
     other = start_daemon(other_home)
@@ -380,7 +382,7 @@ def test_status_and_the_doctor_name_another_program_on_the_port(mailbox_home: Pa
         shown = run_cli("status", "--json", env=base_env(mailbox_home, CLAUDE_MAILBOX_URL=url))
         assert shown.returncode == 2
         holder = json.loads(shown.stdout)["portHolder"]
-        assert f"port {port} is held by another program (pid {me.pid}, {json.dumps(me.name())})" in holder
+        assert f"port {port} is held by another program (pid {me.pid}, {json.dumps(me.name())}" in holder
         assert "not claude-mailbox" in holder and "CLAUDE_MAILBOX_URL=http://127.0.0.1:N" in holder
         text = run_cli("status", env=base_env(mailbox_home, CLAUDE_MAILBOX_URL=url)).stdout
         assert f"daemon     Stopped  port {port} is held by another program (pid {me.pid}" in text

@@ -33,6 +33,7 @@ from claude_mailbox.setup import lifecycle
 from claude_mailbox.setup import venv as managed_env
 from harness import REPO, Daemon, free_port, token_of
 from plugin_env import HookRun, run_hook
+from rawhttp import request
 from test_doctor import plugin_env, stdlib_only_python
 
 OLD, NEW = "1.2.0", "1.3.0"
@@ -266,6 +267,50 @@ def test_a_newer_plugins_session_start_updates_the_daemon_and_loses_no_mail(mach
     update = machine.run(new_root, "cli", "update", "--plugin-data", str(machine.data))
     assert update.returncode == 0, update.stderr
     assert update.stdout.strip() == f"mailbox daemon {NEW} already runs the plugin's version ({new_root})"
+
+
+def answer_no_challenge(venv: Path) -> None:
+    """Make the installed daemon answer /health as 0.2.1 did: no X-Mailbox-Proof (0.2.1 predates the
+    challenge of issue 20.1). Edited in the environment's copy of rest.py; the plugin tree is untouched."""
+    (rest,) = venv.glob("lib/python*/site-packages/claude_mailbox/rest.py")
+    text = rest.read_text(encoding="utf-8")
+    proving = "if nonce is not None and token:"
+    assert text.count(proving) == 1, "rest.health changed: update this stand-in for 0.2.1"
+    rest.write_text(text.replace(proving, "if False:  # 0.2.1"), encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_a_daemon_that_answers_no_challenge_like_0_2_1_is_updated_not_called_foreign(
+    machine: Machine, old_venv: Path
+) -> None:
+    """Upgrading from 0.2.1: its daemon cannot prove it holds the token, but its socket is this
+    user's, so the new plugin's SessionStart relays to it and updates it (issue 20.1)."""
+    cache = machine.tmp / "cache" / "claude-mailbox" / "claude-mailbox"
+    old_root = plugin_tree(cache / OLD, OLD)
+    new_root = plugin_tree(cache / NEW, NEW)
+    venv = machine.data / "venv"
+    shutil.copytree(old_venv, venv, symlinks=True)
+    answer_no_challenge(venv)
+    doctor = machine.run(old_root, "cli", "doctor", "--yes", "--plugin-data", str(machine.data))
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    old_pid = machine.daemon_pid()
+    assert old_pid is not None
+    challenge = {"X-Mailbox-Challenge": "0" * 32}
+    unproven = request(machine.url, "GET", "/health", headers=challenge, auth=False)
+    assert unproven.json["version"] == OLD and unproven.headers.get("X-Mailbox-Proof") is None
+    machine.client().send("peer-b", "peer-a", "sent to 0.2.1")
+
+    session = str(uuid.uuid4())
+    text = context(machine.hook(new_root, "session-start", session, source="startup"))
+
+    assert text.splitlines()[0] == f"mailbox daemon updated {OLD} -> {NEW}", text
+    assert f"mailbox name is claude-{session[:8]}." in text
+    assert "another program" not in text and "cannot prove" not in text, text
+    new_pid = machine.daemon_pid()
+    assert new_pid is not None and new_pid != old_pid and gone(old_pid)
+    proven = request(machine.url, "GET", "/health", headers=challenge, auth=False)
+    assert proven.json["version"] == NEW and proven.headers.get("X-Mailbox-Proof")  # the new daemon proves
+    assert [m["body"] for m in machine.client().check("peer-a")["messages"]] == ["sent to 0.2.1"]
 
 
 @pytest.mark.slow

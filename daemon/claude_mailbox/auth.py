@@ -19,6 +19,11 @@ TOKEN_ENV = "CLAUDE_MAILBOX_TOKEN"  # for clients on another machine, or a token
 TOKEN_BYTES = 32
 MODES = ("token", "none")  # config.toml `auth`: "token" (the default) or "none" (open loopback)
 SCHEME = "Bearer"
+# Before a client sends the token it asks the listener to prove it holds it (issue 20.1): another
+# user can bind the port while this user's daemon is stopped. The client sends a random nonce, the
+# daemon answers HMAC-SHA256(token, nonce); only the token's holder can, and the nonce is fresh.
+CHALLENGE_HEADER = "X-Mailbox-Challenge"
+PROOF_HEADER = "X-Mailbox-Proof"
 
 
 def token_path(data_dir: str) -> str:
@@ -41,6 +46,39 @@ def auth_header(data_dir: str | None = None) -> dict[str, str]:
     """{"Authorization": "Bearer ..."} when a token is known, else {} (a daemon with auth = "none")."""
     token = read_token(data_dir)
     return {"Authorization": f"{SCHEME} {token}"} if token else {}
+
+
+def new_nonce() -> str:
+    return os.urandom(16).hex()
+
+
+def well_formed_nonce(nonce: str) -> bool:
+    """16 to 64 bytes in hex: what the daemon agrees to sign (it signs nothing a client chose freely)."""
+    return 32 <= len(nonce) <= 128 and nonce.isascii() and all(ch in "0123456789abcdef" for ch in nonce)
+
+
+def proof(token: str, nonce: str) -> str:
+    """HMAC-SHA256(token, nonce) in hex, the daemon's answer to a challenge. Built on `_sha256` (0.3 ms
+    to import) instead of `hmac`, which pulls in OpenSSL's `_hashlib` (2.5 ms on every prompt)."""
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]  # CPython 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found]  # CPython 3.12+
+        except ImportError:
+            from hashlib import sha256
+    key = token.encode("ascii")
+    if len(key) > 64:
+        key = sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    inner = sha256(bytes(b ^ 0x36 for b in key) + nonce.encode("ascii")).digest()
+    return str(sha256(bytes(b ^ 0x5C for b in key) + inner).hexdigest())
+
+
+def proven(token: str, nonce: str, answer: str | None) -> bool:
+    """Did the listener answer the challenge `nonce` as only the holder of `token` can?"""
+    expected = proof(token, nonce)
+    return answer is not None and len(answer) == len(expected) and answer.lower() == expected
 
 
 def _well_formed(token: str) -> bool:

@@ -416,7 +416,7 @@ def cmd_open(args: argparse.Namespace) -> int:
 
     url = locate.resolve(args.url)[0]
     mailbox_client = MailboxClient(url, timeout=5.0)
-    mailbox_client.health()  # DaemonUnreachable: one line, exit 2
+    mailbox_client.health()  # DaemonUnreachable (also one that cannot prove it holds the token): one line, exit 2
     mailbox_client.list()  # a refused token (401) fails here, in one line, not later in the page
     token = auth.read_token()
     link = f"{url}/#token={token}" if token else f"{url}/"
@@ -718,13 +718,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _holder_of(exc: MailboxError, args: argparse.Namespace) -> str:
+    """For a listener that could not prove it holds the token: who it is, where known."""
+    from claude_mailbox.httpclient import NotOurDaemon
+
+    if not isinstance(exc, NotOurDaemon):
+        return ""
+    from claude_mailbox import portholder
+    from claude_mailbox.locate import Endpoint
+
+    try:
+        port = Endpoint.parse(locate.daemon_url(getattr(args, "url", None))).port
+        found = portholder.holder(port)
+        known = portholder.who(port, found[:2] if found else None)
+    except Exception:  # naming it is a courtesy: the message above already says what happened
+        return ""
+    return f" ({known})" if known else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
     except MailboxError as exc:
-        print(f"claude-mailbox: {exc.message}", file=sys.stderr)
+        print(f"claude-mailbox: {exc.message}{_holder_of(exc, args)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -46,7 +46,11 @@ class MailboxClient:
         if method == "POST":
             all_headers["Content-Type"] = "application/json"
             body = json.dumps(payload or {}).encode("utf-8")
-        response = http_request(self.url, method, path, body=body, headers=all_headers, timeout=timeout or self.timeout)
+        # /health carries no token, but a client holding one asks the listener to prove it holds it too.
+        prove = self._token() if path == "/health" else None
+        response = http_request(
+            self.url, method, path, body=body, headers=all_headers, timeout=timeout or self.timeout, prove=prove
+        )
         try:
             data = json.loads(response.body) if response.body else None
         except ValueError:
@@ -60,15 +64,19 @@ class MailboxClient:
             return {}
         return self._token_header()
 
+    def _token(self) -> str | None:
+        if self.token is None:  # not cached while missing: a daemon starting now writes it
+            self.token = auth.read_token()
+        return self.token
+
     def _token_header(self) -> dict[str, str]:
-        token = self.token
-        if token is None:  # not cached while missing: a daemon starting now writes it
-            token = self.token = auth.read_token()
+        token = self._token()
         return {"Authorization": f"{auth.SCHEME} {token}"} if token else {}
 
     def health(self, *, detailed: bool = False) -> dict[str, Any]:
-        """Without the token /health says only `status` and `version`; `detailed` sends it, for the
-        database, port, auth mode and limits (status, the doctor, import-sqlite)."""
+        """Without the token /health says only `status` and `version`; `detailed` sends it (after the
+        listener proved it holds it), for the database, port, auth mode and limits (status, the
+        doctor, import-sqlite)."""
         data = self.call("GET", "/health", headers=self._token_header() if detailed else None)
         if not isinstance(data, dict) or data.get("status") not in HEALTH_STATES:
             raise DaemonUnreachable(f"{self.url} answered, but not as a claude-mailbox daemon")

@@ -19,7 +19,7 @@ import sys
 from claude_mailbox import __version__, auth
 from claude_mailbox.claudeproc import claude_pid
 from claude_mailbox.errors import DaemonUnreachable
-from claude_mailbox.httpclient import TlsFailed, http_request
+from claude_mailbox.httpclient import NotOurDaemon, TlsFailed, http_request
 from claude_mailbox.locate import daemon_url
 
 MAX_STDIN = 1024 * 1024
@@ -111,6 +111,8 @@ def run(event: str, data: bytes, *, url: str | None = None, mailbox: str | None 
     except DaemonUnreachable as exc:
         if event != "session-start":
             return 0, "stdout", ""  # never slow a prompt down for a daemon that is not there
+        if isinstance(exc, NotOurDaemon):  # it got no token (issue 20.1); starting ours would not help
+            return 0, "stdout", _foreign_holder(located, answered=True, unproven=True) or OFFLINE_LINE
         if isinstance(exc, TlsFailed):  # a daemon runs there, untrusted: starting one would not help
             return 0, "stdout", f"claude-mailbox: mail is offline in this session, so it has no mailbox tools: {exc}"
         return _session_start_slow(data, url, mailbox)
@@ -129,6 +131,8 @@ def _session_start_slow(data: bytes, url: str | None, mailbox: str | None) -> tu
     located = url or daemon_url()  # re-located: a daemon started just now may have written a new daemon.url
     try:
         _, stream, text, version = relay("session-start", data, located, TIMEOUTS["session-start"], mailbox)
+    except NotOurDaemon:
+        return 0, "stdout", _foreign_holder(located, answered=True, unproven=True) or OFFLINE_LINE
     except DaemonUnreachable:
         return 0, "stdout", _with_note(_foreign_holder(located, answered=False) or OFFLINE_LINE, note)
     if not version:
@@ -136,9 +140,10 @@ def _session_start_slow(data: bytes, url: str | None, mailbox: str | None) -> tu
     return 0, stream, _with_note(text, note)
 
 
-def _foreign_holder(url: str, answered: bool) -> str | None:
+def _foreign_holder(url: str, answered: bool, unproven: bool = False) -> str | None:
     """The SessionStart line when another program holds the daemon's port (`answered`: it answered
-    HTTP without being a mailbox daemon), else None. Rare: may import psutil."""
+    HTTP without being a mailbox daemon; `unproven`: it could not prove it holds the token), else
+    None. Rare: may import psutil."""
     try:
         import site
 
@@ -147,7 +152,7 @@ def _foreign_holder(url: str, answered: bool) -> str | None:
         from claude_mailbox.locate import Endpoint
 
         found = portholder.holder(Endpoint.parse(url).port)
-        if found is not None and found[2]:
+        if found is not None and found[2] and not unproven:
             return None  # our own daemon, still starting or stuck: the offline line says what to do
         if found is None and not answered:
             return None  # nothing is known to hold it

@@ -12,6 +12,7 @@ from __future__ import annotations
 import _socket
 import os
 
+from claude_mailbox import auth
 from claude_mailbox.errors import DaemonUnreachable, MailboxError
 from claude_mailbox.locate import CONFIG_FILE, Endpoint, data_dir
 
@@ -42,6 +43,24 @@ def _header_safe(text: str) -> bool:
     return text.isprintable() or all(ch == "\t" or ch.isprintable() for ch in text)
 
 
+class NotOurDaemon(DaemonUnreachable):
+    """Something answers at the address but cannot prove it holds the token: most likely another
+    program (or another user) holds the port while this user's daemon is stopped. Nothing secret was
+    sent to it."""
+
+
+def _header_line_bytes(lines: list[str]) -> bytes:
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+def _bearer(headers: dict[str, str] | None) -> str | None:
+    value = (headers or {}).get("Authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme != "Bearer":
+        return None
+    return token.strip() or None
+
+
 class Response:
     __slots__ = ("body", "headers", "status")
 
@@ -59,9 +78,14 @@ def http_request(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 2.0,
+    prove: str | None = None,
 ) -> Response:
     """One HTTP exchange. Raises ConnectionRefused or TimedOut (both DaemonUnreachable) when
-    nothing answers, MailboxError for a header or path that could smuggle a second line."""
+    nothing answers, MailboxError for a header or path that could smuggle a second line.
+
+    A request that carries a Bearer token, or names one in `prove`, first asks the listener to prove
+    it holds that token (auth.proof) on the same connection, and sends nothing more to one that cannot
+    unless its socket is this uid's (NotOurDaemon). A request to /health carries the challenge itself."""
     endpoint = Endpoint.parse(url)
     if not path.startswith("/") or not _header_safe(path) or " " in path:
         raise MailboxError(f"refusing to request {path!r}: the path must be quoted")
@@ -72,9 +96,18 @@ def http_request(
         if not _header_safe(value):
             raise MailboxError(f"refusing to send a control character in the {name} header")
         lines.append(f"{name}: {value}")
+    token = prove or _bearer(headers)
+    nonce = auth.new_nonce() if token else ""
+    challenge = b""
+    if token and path == "/health" and method == "GET":
+        lines.append(f"{auth.CHALLENGE_HEADER}: {nonce}")
+    elif token:  # a keep-alive /health first: the same connection then carries the token
+        challenge = _header_line_bytes(
+            ["GET /health HTTP/1.1", f"Host: {endpoint.host_header}", f"{auth.CHALLENGE_HEADER}: {nonce}"]
+        )
     if body is not None:
         lines.append(f"Content-Length: {len(body)}")
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + (body or b"")
+    request = _header_line_bytes(lines) + (body or b"")
     try:
         family = _socket.AF_INET6 if endpoint.ipv6 else _socket.AF_INET
         sock: _socket.socket = _socket.socket(family, _socket.SOCK_STREAM)
@@ -83,8 +116,16 @@ def http_request(
             sock.connect((endpoint.connect_host, endpoint.port))
             if endpoint.tls:
                 sock = _handshake(sock, endpoint.host, url)  # the name the certificate must carry
+            leftover = b""
+            if challenge:
+                sock.sendall(challenge)
+                answer, leftover = _read_one(sock, url)
+                _check_proof(answer, token or "", nonce, url, sock)
             sock.sendall(request)
-            raw = _read_all(sock)
+            raw = leftover + _read_all(sock)
+            response = _parse_response(raw, url)
+            if token and not challenge:
+                _check_proof(response, token, nonce, url, sock)
         finally:
             sock.close()
     except ConnectionRefusedError:
@@ -93,7 +134,55 @@ def http_request(
         raise TimedOut(f"the mailbox daemon at {url} is not answering (timed out)") from None
     except OSError as exc:  # reset, no route, response too large, a certificate that does not verify
         raise DaemonUnreachable(f"the mailbox daemon at {url} is not answering ({_reason(exc)})") from None
-    return _parse_response(raw, url)
+    return response
+
+
+def _check_proof(response: Response, token: str, nonce: str, url: str, sock: _socket.socket) -> None:
+    """Is the listener this user's? It proved it holds the token, or (where the owner can be read)
+    its socket is this uid's: the same user can read the token file anyway, the threat is another
+    user. That also lets the hooks of a newer plugin reach a running 0.2.1 daemon, which answers no
+    challenge, and update it (SessionStart's version sync)."""
+    if auth.proven(token, nonce, response.headers.get(auth.PROOF_HEADER.lower())):
+        return
+    if not _same_user(sock):
+        raise NotOurDaemon(
+            f"the program listening at {url} is not this user's mailbox daemon (it cannot prove it holds the token "
+            f"this client has: ${auth.TOKEN_ENV}, else the data dir's token file), so nothing was sent to it: "
+            "another program, run by another user, holds the port"
+        )
+
+
+def _same_user(sock: _socket.socket) -> bool:
+    """Is the server's end of this connection owned by this uid? False where that cannot be read
+    (not Linux, a remote daemon): there only the proof counts. Rare (a failed proof): may import more."""
+    try:
+        from claude_mailbox.sockowner import connection_uid
+
+        return connection_uid(sock.getsockname(), sock.getpeername()) == os.getuid()
+    except Exception:  # no os.getuid (Windows), an unreadable table: unknown
+        return False
+
+
+def _read_one(sock: _socket.socket, url: str) -> tuple[Response, bytes]:
+    """One response with a Content-Length from a kept-alive connection, and any bytes after it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk or len(data) > 65536:
+            raise NotOurDaemon(f"the program listening at {url} did not answer as a mailbox daemon does")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    response = _parse_response(head + b"\r\n\r\n", url)
+    try:
+        length = int(response.headers.get("content-length", ""))
+    except ValueError:
+        raise NotOurDaemon(f"the program listening at {url} did not answer as a mailbox daemon does") from None
+    while len(rest) < length:
+        if length > 65536 or not (chunk := sock.recv(65536)):
+            raise NotOurDaemon(f"the program listening at {url} did not answer as a mailbox daemon does")
+        rest += chunk
+    response.body = rest[:length]
+    return response, rest[length:]
 
 
 def _handshake(sock: _socket.socket, server_name: str, url: str) -> ssl.SSLSocket:

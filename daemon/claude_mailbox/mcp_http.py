@@ -141,7 +141,10 @@ class McpEndpoint:
         """Answer one POST: directly when it is a hot, well-formed request, else through the manager."""
         body = await request.read()
         scope = _scope(request)
-        async with self.service.delivering() as delivery:  # check_inbox's mail: acknowledged once written
+        caller = caller_from_headers(request.headers)
+        await self.service.confirm_reader(caller)  # it got its earlier answers (issue 20.3)
+        # check_inbox's mail: acknowledged once written, or, to a Claude Code process, once it confirms.
+        async with self.service.delivering(reader_pid=caller.claude_pid) as delivery:
             exchange = _Exchange(delivery)
             answer = await self._answer_directly(body, scope) if self.fast_path else None
             if answer is not None:

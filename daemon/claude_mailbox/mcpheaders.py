@@ -20,8 +20,19 @@ def headers_helper() -> str:
     """Tell the daemon which Claude Code process is calling, with the daemon's token. A daemon that
     is down is started here too, so that the connect finds a listening socket (and waits in its
     backlog) instead of being refused (issue 11.1); the token file exists before that socket listens."""
-    _listening_daemon(daemon_url())
+    url = daemon_url()
+    _listening_daemon(url)
     token = auth.read_token()  # after the start above: a first start creates it
+    if token:  # printed for Claude Code to send: only once the listener proved it holds it (issue 20.1)
+        from claude_mailbox.httpclient import NotOurDaemon, http_request
+
+        try:
+            http_request(url, "GET", "/health", prove=token, timeout=3.0)
+        except NotOurDaemon as exc:
+            sys.stderr.write(f"claude-mailbox: {exc.message}\n")  # Claude Code's debug log shows it
+            token = None  # Claude Code connects without it: the squatter gets nothing secret
+        except Exception:
+            token = None
     bearer = f', "Authorization": "{auth.SCHEME} {token}"' if token else ""
     return f'{{"X-Mailbox-Claude-Pid": "{claude_pid()}"{bearer}}}'
 

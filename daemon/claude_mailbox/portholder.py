@@ -33,6 +33,36 @@ def holder(port: int) -> tuple[int, str, bool] | None:
     return None
 
 
+def listener_uid(port: int) -> int | None:
+    """The owner uid of the socket listening on `port`, from /proc/net/tcp{,6} (Linux; other users'
+    sockets included, which psutil cannot name without root). None where unknown."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as handle:
+                next(handle, None)
+                for line in handle:
+                    fields = line.split()
+                    if len(fields) > 7 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        return int(fields[7])
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def who(port: int, found: tuple[int, str] | None) -> str:
+    """`pid 123, "name", user bob` as far as known, for the lines below."""
+    parts = [f"pid {found[0]}, {textsafe.quote(found[1])}"] if found else []
+    uid = listener_uid(port)
+    if uid is not None:
+        try:
+            import pwd
+
+            parts.append(f"user {textsafe.quote(pwd.getpwuid(uid).pw_name)}")
+        except (ImportError, KeyError):
+            parts.append(f"uid {uid}")
+    return ", ".join(parts)
+
+
 def is_daemon_command(cmdline: list[str]) -> bool:
     """Is this command line a claude-mailbox daemon? (`python -m claude_mailbox serve`, the Windows
     entry module, or the `claude-mailbox serve` script; a mere mention of the name is not enough.)"""
@@ -51,9 +81,10 @@ def foreign_port_line(url: str, pid_and_name: tuple[int, str] | None = None) -> 
     if pid_and_name is None:
         found = holder(port)
         pid_and_name = (found[0], found[1]) if found else None
-    who = f" (pid {pid_and_name[0]}, {textsafe.quote(pid_and_name[1])})" if pid_and_name else ""
+    known = who(port, pid_and_name)
     return (
-        f"claude-mailbox: port {port} on {textsafe.clean(host)} is held by another program{who}, not the mailbox "
+        f"claude-mailbox: port {port} on {textsafe.clean(host)} is held by another program"
+        f"{f' ({known})' if known else ''}, not this user's mailbox "
         "daemon, so mail is offline in this session and it has no mailbox tools. To move the mailbox to a free "
         f"port N, the user sets CLAUDE_MAILBOX_URL=http://127.0.0.1:N in the environment Claude Code starts in "
         f"and `port = N` in {textsafe.clean(str(config_path()))}, then restarts Claude Code and runs "
@@ -61,25 +92,33 @@ def foreign_port_line(url: str, pid_and_name: tuple[int, str] | None = None) -> 
     )
 
 
-def describe(url: str) -> str | None:
+def describe(url: str, unproven: bool = False) -> str | None:
     """For `status` and the doctor: one line naming the port and the program that holds it when that
-    is not a claude-mailbox daemon; None when a mailbox daemon answers there or nothing listens."""
+    is not a claude-mailbox daemon; None when a mailbox daemon answers there or nothing listens.
+    `unproven`: something answered but could not prove it holds the token (httpclient.NotOurDaemon)."""
     from claude_mailbox.client import probe_health
 
-    if probe_health(url, timeout=1.0) is not None:
+    if not unproven and probe_health(url, timeout=1.0) is not None:
         return None
     try:
         port = Endpoint.parse(url).port
     except MailboxError:
         return None
     found = holder(port)
-    if found is not None and found[2]:
+    if found is not None and found[2] and not unproven:
         return None  # our own daemon, starting or stuck: the daemon row says it does not answer
-    if found is None and not _listening(url):
+    if found is None and not unproven and not _listening(url):
         return None
-    who = f"pid {found[0]}, {textsafe.quote(found[1])}" if found else "psutil cannot tell which process"
+    known = who(port, found[:2] if found else None) or "psutil cannot tell which process"
+    if unproven:
+        return (
+            f"port {port} is held by a program that cannot prove it holds this user's token ({known}), so nothing "
+            "secret was sent to it; if it is not your daemon, to move the mailbox to a free port N: "
+            f"`port = N` in {textsafe.clean(str(config_path()))} and `export CLAUDE_MAILBOX_URL=http://127.0.0.1:N` "
+            "in your shell profile, then restart Claude Code"
+        )
     return (
-        f"port {port} is held by another program ({who}), not claude-mailbox; to move the mailbox to a free port N: "
+        f"port {port} is held by another program ({known}), not claude-mailbox; to move the mailbox to a free port N: "
         f"`port = N` in {textsafe.clean(str(config_path()))} and `export CLAUDE_MAILBOX_URL=http://127.0.0.1:N` "
         "in your shell profile, then restart Claude Code"
     )

@@ -76,6 +76,9 @@ def _connected(request: web.Request) -> Callable[[], bool]:
     return lambda: request.transport is not None and not request.transport.is_closing()
 
 
+PROOF_TOKEN = web.AppKey("proof_token", str)  # what /health proves it holds: the token, or "" for none
+
+
 # --- routes ------------------------------------------------------------------------------------
 
 
@@ -96,7 +99,13 @@ async def health(request: web.Request) -> web.Response:
         answer.update(service.info())
         if lost:
             answer["problem"] = lost
-    return web.json_response(answer)
+    response = web.json_response(answer)
+    nonce, token = request.headers.get(auth.CHALLENGE_HEADER), request.app.get(PROOF_TOKEN)
+    if nonce is not None and token:
+        if not auth.well_formed_nonce(nonce):
+            raise InvalidInput(f"{auth.CHALLENGE_HEADER} must be 32 to 128 lowercase hex digits")
+        response.headers[auth.PROOF_HEADER] = auth.proof(token, nonce)  # issue 20.1: clients check it first
+    return response
 
 
 async def send(request: web.Request) -> web.Response:

@@ -208,11 +208,14 @@ def make_app(config: Config, service: MailboxService | None = None, data_dir: Pa
     if not getattr(config, "database_url", None):  # PostgreSQL checks its own pages
         app[INTEGRITY] = monitor = IntegrityMonitor(config.database, config.integrity_check_minutes)
         service.reporters.append(monitor.info)
+    home = str(data_dir or paths.data_dir())
     if config.auth == "token":
-        home = str(data_dir or paths.data_dir())
         app[TOKEN] = (auth.ensure_token(home), auth.token_path(home))
+        app[rest.PROOF_TOKEN] = app[TOKEN][0]
     else:
         app[TOKEN] = ()
+        # Clients holding a token file still ask for the proof before they send anything.
+        app[rest.PROOF_TOKEN] = auth.read_token_file(auth.token_path(home)) or ""
     app[rest.SERVICE] = service
     routes.add_routes(app)
     app.cleanup_ctx.append(_service_lifecycle)

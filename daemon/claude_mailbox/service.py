@@ -62,6 +62,7 @@ LEASE_SWEEP_ROUNDS = 10  # statements one sweep may run when many leases expired
 STOP_RECHECK_SECONDS = 60.0  # a Stop waiter re-checks its connection and its Claude Code process this often
 HOST_SILENT_SECONDS = 15.0  # 3 missed heartbeats (pgstore.HEARTBEAT_SECONDS): another host's sessions are unknown
 SETTLE_WAIT_SECONDS = 2.0  # the longest a read waits for an answer being written to be acknowledged
+HELD_DECISION_MARGIN = 1.0  # a held lease is decided this long before it expires (an expired one cannot be acked)
 RESPONSE_MARGIN = 1024  # room in max_response_bytes for an answer's own fields around its messages
 
 
@@ -81,6 +82,20 @@ class Delivery:
     manual: bool = False  # the reader acknowledges itself (ack=manual, the hook relay)
     leases: list[Lease] = field(default_factory=list)
     written: bool = False
+    # An MCP answer to a Claude Code process (X-Mailbox-Claude-Pid): once written, its leases are held
+    # until that process shows it got them (issue 20.3; see MailboxService.confirm_reader).
+    reader_pid: int | None = None
+    reader: dict[str, tuple[int, float]] = field(default_factory=dict)  # lease id -> (pid, its start time)
+
+
+@dataclass(frozen=True)
+class HeldLease:
+    """A written answer's lease kept open until its reader confirms it: its next MCP request, or its
+    Claude Code process still alive when the lease ends (then acknowledged; dead: given back)."""
+
+    lease: Lease
+    pid: int
+    started: float
 
 
 # The answer the current request is building: `take` files its lease there, in whichever task the
@@ -168,6 +183,9 @@ class MailboxService:
         self._background: set[asyncio.Task[None]] = set()  # kept referenced until done
         # Mailbox -> the newest message too long for a Stop-hook wake-up that one has told of.
         self._told_oversized: dict[str, int] = {}
+        self._held: dict[str, HeldLease] = {}  # lease id -> a written MCP answer's lease awaiting its reader
+        self._writing: set[str] = set()  # reader leases whose answer is still being written
+        self._due: set[str] = set()  # ... of those, the ones whose end came first: decided once written
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -206,6 +224,10 @@ class MailboxService:
 
     async def close(self) -> None:
         self.waiters.shutdown()
+        for lease_id in list(self._held):  # decided now, as at their end: a restart must not deliver them twice
+            held = self._held.pop(lease_id)
+            with contextlib.suppress(MailboxError):
+                await self._settle(held.lease, written=liveness.is_alive(held.pid, held.started))
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -309,15 +331,52 @@ class MailboxService:
                 delivery.leases.append(lease)
                 if not delivery.manual:
                     self._settle_later(lease)
+                if delivery.reader_pid is not None and not delivery.manual:
+                    self._hold_for_reader(delivery, lease, seconds)
         return lease
+
+    def _hold_for_reader(self, delivery: Delivery, lease: Lease, seconds: float) -> None:
+        """Schedule the end of a lease that the answer's reader must confirm. A pid this daemon cannot
+        see (another pid namespace, already gone) keeps today's rule: acknowledged once written."""
+        assert delivery.reader_pid is not None and lease.id is not None
+        started = liveness.process_start_time(delivery.reader_pid)
+        if started is None:
+            return
+        delivery.reader[lease.id] = (delivery.reader_pid, started)
+        self._writing.add(lease.id)
+        decide_in = max(seconds / 2, seconds - HELD_DECISION_MARGIN)
+        asyncio.get_running_loop().call_later(decide_in, self._held_lease_ends, lease.id)
+
+    def _held_lease_ends(self, lease_id: str) -> None:
+        held = self._held.pop(lease_id, None)
+        if held is None:
+            if lease_id in self._writing:  # a slow write: decide as soon as it is done
+                self._due.add(lease_id)
+            return  # else confirmed by a next request, or never written (given back then)
+        alive = liveness.is_alive(held.pid, held.started)
+        self._in_background(self._settle(held.lease, written=alive))
+
+    async def confirm_reader(self, caller: Caller) -> None:
+        """An MCP request from a Claude Code process (or for a mailbox) whose earlier answers are held:
+        it got them, so acknowledge them now. Costs nothing while nothing is held (the hot path)."""
+        if not self._held:
+            return
+        pid, name = caller.claude_pid, caller.header_name
+        for lease_id, held in list(self._held.items()):
+            mine = (pid is not None and held.pid == pid) or (name is not None and held.lease.mailbox == name)
+            if mine and self._held.pop(lease_id, None) is not None:  # not decided meanwhile
+                await asyncio.shield(self._settle(held.lease, written=True))
+
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _lease_ran_out(self, name: str) -> None:
         self.waiters.notify(name, Wake("mail"))
         # Waiters on other daemons sharing the database learn it from there, once the mail is given back.
         if self._store is not None and self._store.shared:
-            task = asyncio.get_running_loop().create_task(self.sweep_leases())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self.sweep_leases())
 
     async def sweep_leases(self) -> None:
         """With a shared database, on a timer (server.py) and when a lease taken here runs out: give back
@@ -340,11 +399,14 @@ class MailboxService:
         return await self.store.ack(name, lease_id)
 
     @contextlib.asynccontextmanager
-    async def delivering(self, *, manual: bool = False) -> AsyncIterator[Delivery]:
+    async def delivering(self, *, manual: bool = False, reader_pid: int | None = None) -> AsyncIterator[Delivery]:
         """The one way leased mail is handed out (REST, MCP, hooks): every lease `take` makes inside
         is acknowledged once the transport marks the answer written, or, `manual`, left for the
-        reader's own ack; an answer that was not written gives its mail back at once."""
-        delivery = Delivery(manual)
+        reader's own ack; an answer that was not written gives its mail back at once. `reader_pid`
+        (MCP, a Claude Code process): a written answer's leases are held until that process confirms
+        (confirm_reader, or alive when the lease ends), so a reader that dies with the answer in its
+        socket gets the mail again, marked redelivered."""
+        delivery = Delivery(manual, reader_pid=reader_pid)
         token = _DELIVERY.set(delivery)
         try:
             yield delivery
@@ -358,6 +420,18 @@ class MailboxService:
         if delivery.manual and delivery.written:
             return  # the reader acknowledges what it got
         for lease in delivery.leases:
+            lease_id = lease.id or ""
+            reader = delivery.reader.get(lease_id)
+            self._writing.discard(lease_id)
+            if reader is not None and delivery.written:
+                if lease_id in self._due:  # its end came while it was being written
+                    self._due.discard(lease_id)
+                    await self._settle(lease, written=liveness.is_alive(*reader))
+                    continue
+                self._held[lease_id] = HeldLease(lease, *reader)
+                self._settled(lease)  # reads go on: the mail stays under its lease meanwhile
+                continue
+            self._due.discard(lease_id)
             await self._settle(lease, written=delivery.written)
 
     def _settle_later(self, lease: Lease) -> None:
@@ -388,12 +462,18 @@ class MailboxService:
             await self.store.release(lease_id)
             self.waiters.notify(lease.mailbox, Wake("mail"))
         finally:
-            settling = self._settling.get(lease.mailbox, {})
-            event = settling.pop(lease_id, None)
-            if event is not None:
-                event.set()
-            if not settling:
-                self._settling.pop(lease.mailbox, None)
+            self._settled(lease)
+
+    def _settled(self, lease: Lease) -> None:
+        """Reads of the mailbox waiting for this answer's lease to be settled go on."""
+        settling = self._settling.get(lease.mailbox)
+        if settling is None:
+            return
+        event = settling.pop(lease.id or "", None)
+        if event is not None:
+            event.set()
+        if not settling:
+            self._settling.pop(lease.mailbox, None)
 
     async def peek(self, name: str) -> tuple[int, str | None]:
         identity.validate_name(name)

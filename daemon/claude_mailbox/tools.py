@@ -50,7 +50,7 @@ MCP_EXPANSION = 3
 
 async def check_inbox(service: MailboxService, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
     name = await service.own_inbox(args.get("name"), caller)
-    lease = await service.take(name, expansion=MCP_EXPANSION)  # acknowledged once the result is written
+    lease = await service.take(name, expansion=MCP_EXPANSION)  # acked once written, or held (service.delivering)
     result: dict[str, Any] = {
         "name": name,
         "messages": [m.to_json() for m in lease.messages],

@@ -290,11 +290,19 @@ class Doctor:
         python = self.daemon_python()
         mechanism = autostart.installed_mechanism()
         detached_only = mechanism is None and _no_service_manager()
-        health = probe_health(url, timeout=2.0, detailed=True)  # the token: its dbPath (_foreign_database)
-        running = str(health.get("version")) if health else None
         from claude_mailbox import portholder
+        from claude_mailbox.httpclient import NotOurDaemon
 
-        held = portholder.describe(url) if health is None else None
+        unproven = False
+        try:
+            # Detailed (the token, once the listener proved it holds it): its dbPath (_foreign_database).
+            health: dict[str, Any] | None = MailboxClient(url, timeout=2.0).health(detailed=True)
+        except NotOurDaemon:  # it answered but cannot prove it holds the token: it got none (issue 20.1)
+            health, unproven = None, True
+        except MailboxError:
+            health = None
+        running = str(health.get("version")) if health else None
+        held = portholder.describe(url, unproven=unproven) if health is None else None
         if held:
             return Check(
                 "autostart", "failed", held, "free the port, or move the mailbox as said; then run the doctor again"

@@ -14,7 +14,7 @@ from typing import Any
 from claude_mailbox import __version__, auth, locate, paths, portholder
 from claude_mailbox.client import MailboxClient, probe_health
 from claude_mailbox.errors import DaemonError, DaemonUnreachable, MailboxError
-from claude_mailbox.httpclient import TlsFailed
+from claude_mailbox.httpclient import NotOurDaemon, TlsFailed
 from claude_mailbox.locate import Endpoint
 
 # What .mcp.json's url says: Claude Code expands it from its own environment only.
@@ -35,10 +35,12 @@ def gather(flag: str | None = None, session_id: str | None = None) -> dict[str, 
         data["error"] = exc.message
         if isinstance(exc, TlsFailed):
             data["state"] = "Untrusted"
+        elif isinstance(exc, NotOurDaemon):  # issue 20.1: it got no token; say who holds the port
+            data["portHolder"] = portholder.describe(client.url, unproven=True)
     if health is not None:
         data.update(health)
         data["state"] = "Running"
-    elif data["state"] == "Stopped":
+    elif data["state"] == "Stopped" and "portHolder" not in data:
         data["portHolder"] = portholder.describe(client.url)
     data["mcpNote"] = mcp_note(client.url, source)
     data.setdefault("port", _port(client.url))
