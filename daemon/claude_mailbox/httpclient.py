@@ -99,7 +99,7 @@ def http_request(
     token = prove or _bearer(headers)
     nonce = auth.new_nonce() if token else ""
     challenge = b""
-    if token and path == "/health" and method == "GET":
+    if token and path == "/health" and method == "GET" and not _bearer(headers):  # a probe carrying no token
         lines.append(f"{auth.CHALLENGE_HEADER}: {nonce}")
     elif token:  # a keep-alive /health first: the same connection then carries the token
         challenge = _header_line_bytes(
