@@ -491,7 +491,9 @@ class ClaudeTty:
             extra_args=(),
         )
         self.args = [sys.executable, "-I", "-c", _UNREAPED_ORPHANS, *args] if unreaped_orphans else args
-        self._env = claude_env(home=self.home, fake_api_url=fake_api_url, env_extra={"TERM": "xterm-256color", **(env_extra or {})})
+        self._env = claude_env(
+            home=self.home, fake_api_url=fake_api_url, env_extra={"TERM": "xterm-256color", **(env_extra or {})}
+        )
         self._proc: subprocess.Popen[bytes] | None = None
         self._master = -1
         self._out = bytearray()
