@@ -22,17 +22,25 @@ Facts that shape this module (Claude Code 2.1.330, see notes/cc-findings.md):
   ``timeout`` (then SIGTERM), or about 30 s without one (then SIGKILL).
 - An ``asyncRewake`` Stop hook that exits 2 starts a new turn only while the session is
   alive: use :class:`ClaudeStream` (stream-json input kept open), not plain ``-p``.
+- At an interactive exit Claude Code SIGTERMs each running async hook's process group and waits
+  until the group is empty (about 1.4 s at most, then SIGKILL): :class:`ClaudeTty` drives it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import re
+import select
 import shutil
 import signal
+import struct
 import subprocess
+import sys
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -66,6 +74,7 @@ __all__ = [
     "TOOLS_BIN",
     "ClaudeResult",
     "ClaudeStream",
+    "ClaudeTty",
     "claude_binary",
     "claude_env",
     "new_debug_file",
@@ -428,6 +437,167 @@ class ClaudeStream:
             if stream is not None:
                 stream.close()
         return self.returncode
+
+    def debug_log(self) -> str:
+        return self.debug_file.read_text(errors="replace") if self.debug_file.exists() else ""
+
+
+# Run as the parent of Claude Code: a child subreaper that never reaps what is orphaned below it, as
+# PID 1 of a container without an init does (and as a slow init does for a while). An orphaned hook
+# process then stays in its process group until this parent exits.
+_UNREAPED_ORPHANS = """
+import ctypes, os, sys
+if ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+    sys.exit("prctl(PR_SET_CHILD_SUBREAPER) failed")
+pid = os.spawnv(os.P_NOWAIT, sys.argv[1], sys.argv[1:])
+os._exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) & 0xFF)
+"""
+_ANSI = re.compile(r"\x1b\[[0-9;?<>=]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][0-9A-Za-z]|\x1b[78=>]")
+
+
+class ClaudeTty:
+    """An interactive Claude Code session in a pseudo-terminal, as a user runs it (no ``-p``).
+
+    The first-run dialogs are answered in its ``~/.claude.json`` (onboarding, theme, the custom API
+    key, trust of the project directory). ``unreaped_orphans``: Claude Code's parent is a subreaper
+    that never reaps orphans (Linux only; see _UNREAPED_ORPHANS).
+    """
+
+    def __init__(
+        self,
+        *,
+        fake_api_url: str | None,
+        home: Path | str,
+        plugin_dir: Path | str | Sequence[Path | str] | None = None,
+        cwd: Path | str | None = None,
+        env_extra: Mapping[str, str] | None = None,
+        binary: Path | None = None,
+        unreaped_orphans: bool = False,
+    ) -> None:
+        binary = binary or claude_binary()
+        if binary is None:
+            raise FileNotFoundError(f"Claude Code CLI not found at {TOOLS_BIN}: {INSTALL_HINT}")
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.cwd = Path(cwd) if cwd is not None else self.home / "project"
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        self.debug_file = new_debug_file(self.home)
+        args = _build_args(
+            binary,
+            plugin_dirs=_plugin_dirs(plugin_dir),
+            allowed_tools=(),
+            debug_file=self.debug_file,
+            model=None,
+            extra_args=(),
+        )
+        self.args = [sys.executable, "-I", "-c", _UNREAPED_ORPHANS, *args] if unreaped_orphans else args
+        self._env = claude_env(
+            home=self.home, fake_api_url=fake_api_url, env_extra={"TERM": "xterm-256color", **(env_extra or {})}
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._master = -1
+        self._out = bytearray()
+        self._cond = threading.Condition()
+        self._reader: threading.Thread | None = None
+
+    def _configure(self) -> None:
+        config = self.home / ".claude.json"
+        data = json.loads(config.read_text()) if config.exists() else {}
+        key = self._env.get("ANTHROPIC_API_KEY", "")
+        data.update(
+            hasCompletedOnboarding=True,
+            theme="dark",
+            customApiKeyResponses={"approved": [key[-20:]], "rejected": []},
+        )
+        project = data.setdefault("projects", {}).setdefault(str(self.cwd), {})
+        project.update(hasTrustDialogAccepted=True, hasCompletedProjectOnboarding=True)
+        config.write_text(json.dumps(data))
+
+    def start(self) -> ClaudeTty:
+        self._configure()
+        master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 150, 0, 0))
+        try:
+            self._proc = subprocess.Popen(
+                self.args, cwd=self.cwd, env=self._env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+            )
+        finally:
+            os.close(slave)
+        self._master = master
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def __enter__(self) -> ClaudeTty:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                ready, _, _ = select.select([self._master], [], [], 0.5)
+                chunk = os.read(self._master, 65536) if ready else b""
+            except OSError:  # EIO: the terminal's last user is gone
+                break
+            if ready and not chunk:
+                break
+            if b"\x1b[6n" in chunk:  # a cursor position query: answer it, as a terminal does
+                with contextlib.suppress(OSError):
+                    os.write(self._master, b"\x1b[1;1R")
+            with self._cond:
+                self._out += chunk
+                self._cond.notify_all()
+
+    def screen(self) -> str:
+        """Everything shown so far, without terminal escapes."""
+        with self._cond:
+            return _ANSI.sub("", self._out.decode("utf-8", "replace"))
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while text not in _ANSI.sub("", self._out.decode("utf-8", "replace")):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.25))
+            return True
+
+    def type(self, text: str) -> None:
+        """Type `text` and press Enter (a pause between, as Claude Code's input treats a fast burst
+        ending in a newline as a paste)."""
+        os.write(self._master, text.encode())
+        time.sleep(0.5)
+        os.write(self._master, b"\r")
+
+    def exit(self, command: str = "/exit", timeout: float = 60.0) -> float:
+        """Leave the session as a user does; the seconds from the Enter key to the process's end."""
+        assert self._proc is not None, "not started"
+        os.write(self._master, command.encode())
+        self.wait_for("Exit the CLI", timeout=10)  # the command list is shown: Enter runs it
+        time.sleep(0.3)
+        started = time.monotonic()
+        os.write(self._master, b"\r")
+        self._proc.wait(timeout=timeout)
+        return time.monotonic() - started
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll() if self._proc is not None else None
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                _kill_group(proc)
+            proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        if self._master >= 0:
+            os.close(self._master)
+            self._master = -1
 
     def debug_log(self) -> str:
         return self.debug_file.read_text(errors="replace") if self.debug_file.exists() else ""

@@ -150,7 +150,8 @@ def test_hooks_json_commands_point_at_executable_files() -> None:
     ]
     assert len(commands) == 5
     for command in commands:
-        program = shlex.split(command)[0]
+        words = shlex.split(command)
+        program = words[1] if words[0] == "exec" else words[0]  # exec: the relay is Claude Code's own child
         assert program.startswith("${CLAUDE_PLUGIN_ROOT}/"), command
         path = REPO / program.removeprefix("${CLAUDE_PLUGIN_ROOT}/")
         assert path.is_file() and os.access(path, os.X_OK), f"{command}: {path} is not an executable file"

@@ -384,9 +384,11 @@ def test_hook_launcher_runs_the_cli(daemon: Daemon, session: Session) -> None:
 
 def test_hooks_json_keeps_the_waiter_alive_while_idle() -> None:
     """Claude Code 2.1.330 applies a hook's timeout to async hooks too (default 600 s: an idle session
-    would stop being wakeable after 10 minutes). Exit is not held up by it: an interactive /exit kills
-    async hooks at once, `claude -p` after about 30 s whatever the timeout."""
+    would stop being wakeable after 10 minutes). Exit is not held up by it: an interactive /exit
+    SIGTERMs the hook's process group and waits until it is empty, so `exec` keeps the relay the
+    process Claude Code started (tests/test_claude_code_exit.py); `claude -p` waits about 30 s
+    whatever the timeout."""
     spec = json.loads((REPO / "hooks" / "hooks.json").read_text())["hooks"]["Stop"][0]["hooks"][0]
-    assert spec["command"] == '"${CLAUDE_PLUGIN_ROOT}/hooks/run" stop'
+    assert spec["command"] == 'exec "${CLAUDE_PLUGIN_ROOT}/hooks/run" stop'
     assert spec["async"] is True and spec["asyncRewake"] is True
     assert 3600 <= spec["timeout"] <= 2**31 // 1000  # milliseconds beyond 2^31 overflow JavaScript timers
