@@ -3,4 +3,4 @@
 Kept import-free on purpose: the hooks import this package on every prompt.
 """
 
-__version__ = "0.2.1"
+__version__ = "0.3.0"
