@@ -117,7 +117,7 @@ async def send(request: web.Request) -> web.Response:
     schemas.require_fields(schemas.SendRequest, payload)
     key = request.headers.get("Idempotency-Key")
     sent = await service.send(
-        payload.get("from"), payload["to"], payload["body"], key, _caller(request), payload.get("urgent")
+        payload.get("from"), payload["to"], payload["body"], key, _caller(request), payload.get("urgent", False)
     )
     message = sent.message
     return web.json_response(

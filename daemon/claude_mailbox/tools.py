@@ -37,7 +37,12 @@ class Tool:
 
 async def send(service: MailboxService, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
     sent = await service.send(
-        args.get("from"), args.get("to"), args.get("body"), args.get("idempotencyKey"), caller, args.get("urgent")
+        args.get("from"),
+        args.get("to"),
+        args.get("body"),
+        args.get("idempotencyKey"),
+        caller,
+        args.get("urgent", False),
     )
     message = sent.message
     result = {"id": message.id, "from": message.sender, "to": message.recipient, "createdAt": message.created_at}
