@@ -189,6 +189,36 @@ def _build_args(
     return args
 
 
+def _session_plan(
+    home: Path | str,
+    cwd: Path | str | None,
+    binary: Path | None,
+    plugin_dir: Path | str | Sequence[Path | str] | None,
+    *,
+    allowed_tools: Iterable[str] = (),
+    model: str | None = None,
+    extra_args: Sequence[str] = (),
+) -> tuple[Path, Path, Path, list[str]]:
+    """A long-lived session's home and project dir (created), its fresh debug file and its argv."""
+    binary = binary or claude_binary()
+    if binary is None:
+        raise FileNotFoundError(f"Claude Code CLI not found at {TOOLS_BIN}: {INSTALL_HINT}")
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    project = Path(cwd) if cwd is not None else home / "project"
+    project.mkdir(parents=True, exist_ok=True)
+    debug_file = new_debug_file(home)
+    args = _build_args(
+        binary,
+        plugin_dirs=_plugin_dirs(plugin_dir),
+        allowed_tools=allowed_tools,
+        debug_file=debug_file,
+        model=model,
+        extra_args=extra_args,
+    )
+    return home, project, debug_file, args
+
+
 def new_debug_file(directory: Path) -> Path:
     """A fresh, empty --debug-file for one run: Claude Code appends to the file it is given, so a
     shared one would mix the logs of every run in a HOME (and a test would read an older run's)."""
@@ -314,21 +344,8 @@ class ClaudeStream:
         model: str | None = None,
         binary: Path | None = None,
     ) -> None:
-        binary = binary or claude_binary()
-        if binary is None:
-            raise FileNotFoundError(f"Claude Code CLI not found at {TOOLS_BIN}: {INSTALL_HINT}")
-        self.home = Path(home)
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.cwd = Path(cwd) if cwd is not None else self.home / "project"
-        self.cwd.mkdir(parents=True, exist_ok=True)
-        self.debug_file = new_debug_file(self.home)
-        args = _build_args(
-            binary,
-            plugin_dirs=_plugin_dirs(plugin_dir),
-            allowed_tools=allowed_tools,
-            debug_file=self.debug_file,
-            model=model,
-            extra_args=extra_args,
+        self.home, self.cwd, self.debug_file, args = _session_plan(
+            home, cwd, binary, plugin_dir, allowed_tools=allowed_tools, model=model, extra_args=extra_args
         )
         args += ["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose"]
         self.args = args
@@ -474,22 +491,7 @@ class ClaudeTty:
         binary: Path | None = None,
         unreaped_orphans: bool = False,
     ) -> None:
-        binary = binary or claude_binary()
-        if binary is None:
-            raise FileNotFoundError(f"Claude Code CLI not found at {TOOLS_BIN}: {INSTALL_HINT}")
-        self.home = Path(home)
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.cwd = Path(cwd) if cwd is not None else self.home / "project"
-        self.cwd.mkdir(parents=True, exist_ok=True)
-        self.debug_file = new_debug_file(self.home)
-        args = _build_args(
-            binary,
-            plugin_dirs=_plugin_dirs(plugin_dir),
-            allowed_tools=(),
-            debug_file=self.debug_file,
-            model=None,
-            extra_args=(),
-        )
+        self.home, self.cwd, self.debug_file, args = _session_plan(home, cwd, binary, plugin_dir)
         self.args = [sys.executable, "-I", "-c", _UNREAPED_ORPHANS, *args] if unreaped_orphans else args
         self._env = claude_env(
             home=self.home, fake_api_url=fake_api_url, env_extra={"TERM": "xterm-256color", **(env_extra or {})}
